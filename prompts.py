@@ -1,0 +1,116 @@
+"""Prompt templates: the only place in this project where a template string lives.
+
+Pure functions, no imports beyond the standard library. Training and inference build
+their text with the same functions, so the prompt a model sees when it answers is, byte
+for byte, a prefix of the text it was trained on.
+"""
+import unicodedata
+
+# oneChat (onechat_tiny.py): "Question: Xin chào Answer: Công ty BICweb kính chào quý khách!"
+ONECHAT_QUESTION = "Question:"
+ONECHAT_ANSWER = "Answer:"
+
+# PhoGPT-4B-Chat, as in its published tokenizer_config.json chat_template.
+PHOGPT_USER_FIRST = "### Câu hỏi: "
+PHOGPT_USER_NEXT = "\n### Câu hỏi: "
+PHOGPT_ASSISTANT = "\n### Trả lời:"  # the generation prompt; the answer follows after one space
+
+# PhoGPT-7B5-Instruct: "### Câu hỏi:\n{instruction}\n\n### Trả lời:".
+INSTRUCT_USER = "### Câu hỏi:\n"
+INSTRUCT_ASSISTANT = "\n\n### Trả lời:"
+INSTRUCT_TURN_SEPARATOR = "\n\n"  # between turns of a multi-turn conversation (not in the original)
+
+# A line that starts a new question: generation stops here even if the model misses EOS.
+STOP_STRINGS = {"chat": PHOGPT_USER_NEXT.rstrip(), "instruct": "\n### Câu hỏi:"}
+
+TEMPLATES = ("chat", "instruct")
+
+
+def nfc(text):
+    """Return text in Unicode NFC, the form PhoGPT's tokenizer was trained on (macOS pastes NFD)."""
+    return unicodedata.normalize("NFC", text)
+
+
+def onechat_split(sentence):
+    """Split 'Question: Q Answer: A' into (Q, A); raise ValueError if either part is missing."""
+    sentence = nfc(sentence).strip()
+    if not sentence.startswith(ONECHAT_QUESTION) or ONECHAT_ANSWER not in sentence:
+        raise ValueError(f"expected 'Question: ... Answer: ...', got {sentence[:60]!r}")
+    question, answer = sentence[len(ONECHAT_QUESTION):].split(ONECHAT_ANSWER, 1)
+    question, answer = question.strip(), answer.strip()
+    if not question or not answer:
+        raise ValueError(f"the question or the answer is empty in {sentence[:60]!r}")
+    return question, answer
+
+
+def onechat_prompt(question):
+    """The text the tiny model continues: 'Question: Q Answer:'."""
+    return f"{ONECHAT_QUESTION} {nfc(question).strip()} {ONECHAT_ANSWER}"
+
+
+def onechat_answer(answer):
+    """The trained continuation of onechat_prompt: ' A' (EOS is appended as a token id)."""
+    return " " + nfc(answer).strip()
+
+
+def with_system(messages, system=None):
+    """Fold system text into the first user turn, since PhoGPT's templates drop system messages.
+
+    A 'system' message inside messages, or the system argument, is prepended to the first
+    question followed by a blank line: 'SYSTEM\\n\\nQUESTION'.
+    """
+    texts = [m["content"] for m in messages if m["role"] == "system"]
+    if system:
+        texts.insert(0, system)
+    turns = [dict(m) for m in messages if m["role"] != "system"]
+    system_text = "\n\n".join(nfc(t).strip() for t in texts if t.strip())
+    if system_text and turns and turns[0]["role"] == "user":
+        turns[0]["content"] = system_text + "\n\n" + turns[0]["content"].strip()
+    return turns
+
+
+def conversation_segments(messages, eos_token, template="chat"):
+    """Cut a conversation into (text, is_answer) pieces whose concatenation is the training text.
+
+    messages: [{'role': 'user'|'assistant'|'system', 'content': str}, ...], alternating
+    user/assistant, starting with a user turn. Only is_answer pieces are trained: each
+    assistant answer, including its EOS. The pieces before an answer end with the
+    generation prompt, so everything up to an answer is exactly what the model sees when
+    asked to produce that answer.
+    """
+    segments = []
+    for i, message in enumerate(with_system(messages)):
+        text = nfc(message["content"])
+        if message["role"] == "user":
+            if template == "chat":
+                head = PHOGPT_USER_FIRST if i == 0 else PHOGPT_USER_NEXT
+                segments.append((head + text.strip() + PHOGPT_ASSISTANT, False))
+            else:
+                head = INSTRUCT_USER if i == 0 else INSTRUCT_TURN_SEPARATOR + INSTRUCT_USER
+                segments.append((head + text.strip() + INSTRUCT_ASSISTANT, False))
+        elif message["role"] == "assistant":
+            segments.append((" " + text.strip() + eos_token, True))
+        else:
+            raise ValueError(f"unknown role {message['role']!r}: use 'user', 'assistant' or 'system'")
+    return segments
+
+
+def conversation_text(messages, eos_token, template="chat"):
+    """The full training text of a conversation (equal to PhoGPT-4B-Chat's chat_template output)."""
+    return "".join(text for text, _ in conversation_segments(messages, eos_token, template))
+
+
+def generation_prompt(messages, eos_token, template="chat", system=None):
+    """The prompt for the next answer: all turns so far, ending with the last user question.
+
+    The result ends with '\\n### Trả lời:' (chat) or '\\n\\n### Trả lời:' (instruct), and is an
+    exact prefix of conversation_text() of the same conversation once answered.
+    """
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("the last message must be the user's question")
+    return conversation_text(with_system(messages, system), eos_token, template)
+
+
+def instruct_prompt(instruction):
+    """PhoGPT-7B5-Instruct's single-turn prompt: '### Câu hỏi:\\n{instruction}\\n\\n### Trả lời:'."""
+    return INSTRUCT_USER + nfc(instruction).strip() + INSTRUCT_ASSISTANT

@@ -1,0 +1,46 @@
+"""Shared test fixtures: a tiny PhoGPT-4B-Chat-format checkpoint, built once per test session (< 1 s)."""
+import glob
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # tests import the top-level scripts and modules
+
+import prompts  # noqa: E402
+from phogpt_model import save_tiny_checkpoint  # noqa: E402
+
+
+def _strings(value):
+    """Every string inside a JSON value (a row of data/*.jsonl)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def tokenizer_texts():
+    """Text the tiny tokenizer is trained on: data/*.jsonl plus prompts.py's template strings."""
+    texts = [v for v in vars(prompts).values() if isinstance(v, str) and not v.startswith("__")]
+    texts += list(prompts.STOP_STRINGS.values())
+    texts += ["Xin chào! Tôi là PhoGPT, một trợ lý ảo tiếng Việt.", "Hà Nội là thủ đô của Việt Nam."]
+    for name in sorted(glob.glob(os.path.join(ROOT, "data", "*.jsonl"))):
+        with open(name, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    texts += list(_strings(json.loads(line)))
+                except ValueError:
+                    texts.append(line)  # a deliberately broken row is still text
+    return [prompts.nfc(t) for t in texts]
+
+
+@pytest.fixture(scope="session")
+def tiny_phogpt(tmp_path_factory):
+    """Path of a tiny random PhoGPT-4B-Chat-format checkpoint (config.json, model.safetensors, tokenizer)."""
+    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_phogpt")), tokenizer_texts())

@@ -1,0 +1,223 @@
+"""onechat_tiny.py end to end: run the script as a student would, read what it prints and saves."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "onechat_tiny.py")
+SENTENCE = "Question: Xin chào Answer: Công ty BICweb kính chào quý khách!"
+PAIRS_FILE = ROOT / "data" / "onechat_pairs.txt"
+
+
+def run(*flags, stdin=None, env=None, timeout=120):
+    """Run onechat_tiny.py in a fresh process, offline; return (exit code, stdout, stderr)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
+    done = subprocess.run([sys.executable, SCRIPT, *flags], input=stdin, capture_output=True, text=True,
+                          encoding="utf-8", env=full_env, cwd=ROOT, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def answers(stdout):
+    """{question: answer} from the 'Question: ...' / 'Answer: ...' lines the script prints."""
+    lines = stdout.splitlines()
+    return {q[len("Question: "):]: a[len("Answer: "):] for q, a in zip(lines, lines[1:])
+            if q.startswith("Question: ") and a.startswith("Answer: ")}
+
+
+def without_timings(stdout):
+    return re.sub(r"\(\d+\.\d+s\)|[\d.]+ s of training", "T", stdout)
+
+
+def read_pairs_file():
+    return [tuple(p.strip() for p in line[len("Question:"):].split("Answer:"))
+            for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines() if line.startswith("Question:")]
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    return run()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Train on the sample pairs file and save; shared by the save/load, chat and fine-tune tests."""
+    folder = tmp_path_factory.mktemp("onechat") / "model"
+    code, out, err = run("--data", str(PAIRS_FILE), "--output", str(folder))
+    assert code == 0, err
+    return folder, out
+
+
+def test_default_run_memorises_the_sentence_and_stops_on_eos(default_run):
+    code, out, err = default_run
+    assert code == 0, err
+    epochs = re.findall(r"^\(\d+\.\d{3}s\) Epoch (\d+), Loss (\d+\.\d{6})$", out, re.M)
+    assert epochs and [int(e) for e, _ in epochs] == list(range(1, len(epochs) + 1))
+    assert float(epochs[-1][1]) < float(epochs[0][1])  # the loss went down
+    match = re.search(r"^Exact answer after (\d+) epochs, [\d.]+ s of training\.$", out, re.M)
+    assert match and int(match.group(1)) == len(epochs)  # it stopped at the first exact epoch
+    # The answer is exactly the sentence's answer, with nothing after it: the model emitted EOS itself.
+    assert answers(out) == {"Xin chào": "Công ty BICweb kính chào quý khách!"}
+    assert "no EOS" not in out and "Traceback" not in err
+
+
+def test_nfd_input_gives_the_same_run_as_nfc(default_run):
+    nfd = unicodedata.normalize("NFD", SENTENCE)
+    assert nfd != SENTENCE
+    code, out, err = run("--sentence", nfd)
+    assert code == 0, err
+    # Same tokens, same seed: the same losses and answer, printed in NFC (also shows runs are reproducible).
+    assert without_timings(out) == without_timings(default_run[1])
+    assert unicodedata.is_normalized("NFC", out)
+
+
+def test_pasted_in_a_notebook_ignores_the_kernel_argv():
+    code = ("import runpy, sys; sys.modules['ipykernel'] = sys; "
+            f"sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel-1.json']; runpy.run_path({SCRIPT!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8"}, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert answers(done.stdout) == {"Xin chào": "Công ty BICweb kính chào quý khách!"}
+
+
+def test_several_pairs_from_data_are_all_exact_and_saved(saved):
+    folder, out = saved
+    expected = dict(read_pairs_file())
+    assert len(expected) >= 4
+    assert answers(out) == expected
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    assert (folder / "tokenizer.json").is_file()
+    summary = json.loads((folder / "onechat_run.json").read_text(encoding="utf-8"))
+    assert summary["exact"] is True and summary["epochs_to_exact"] == summary["epochs_run"] >= 1
+    assert [(p["question"], p["generated"]) for p in summary["pairs"]] == list(expected.items())
+
+
+def test_load_answers_identically_without_training(saved):
+    folder, out = saved
+    code, loaded, err = run("--load", str(folder))
+    assert code == 0, err
+    assert "Epoch" not in loaded  # no training
+    assert answers(loaded) == answers(out)
+
+
+def test_chat_answers_in_a_loop_until_an_empty_line_or_end_of_input(saved):
+    folder, _ = saved
+    pairs = dict(read_pairs_file())
+    questions = ["Công ty ở đâu?", unicodedata.normalize("NFD", "Cảm ơn bạn"), "", "Xin chào"]
+    code, out, err = run("--load", str(folder), "--chat", stdin="\n".join(questions) + "\n")
+    assert code == 0, err
+    assert re.findall(r"Answer: (.*)", out) == [pairs["Công ty ở đâu?"], pairs["Cảm ơn bạn"]]  # stopped at ""
+    # --prompt answers one question first; then the loop ends at end of input (Ctrl+D).
+    code, out, err = run("--load", str(folder), "--prompt", "Question: Mấy giờ mở cửa?", "--chat", stdin="Xin chào\n")
+    assert code == 0, err
+    assert re.findall(r"Answer: (.*)", out) == [pairs["Mấy giờ mở cửa?"], pairs["Xin chào"]]
+
+
+def test_fine_tunes_a_hub_model_id_from_the_local_cache_tokenizer_without_pad(saved, tmp_path):
+    from transformers import AutoTokenizer
+    folder, _ = saved
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None
+    # Lay the saved model out as the hub cache does, so the model id resolves offline.
+    repo = tmp_path / "hub" / "models--onechat--tiny-test"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    data = tmp_path / "new.jsonl"
+    data.write_text(json.dumps({"question": "Bạn tên gì?", "answer": "Tôi là trợ lý ảo của BICweb."},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    code, out, err = run("--model", "onechat/tiny-test", "--data", str(data), "--lr", "3e-3", "--epochs", "100",
+                         env={"HF_HOME": str(tmp_path)})
+    assert code == 0, err
+    assert "Model onechat/tiny-test:" in out and "lr 0.003" in out
+    assert answers(out) == {"Bạn tên gì?": "Tôi là trợ lý ảo của BICweb."}
+
+
+def test_jsonl_data_nfd_and_full_loss(tmp_path):
+    rows = [{"question": "Chào buổi sáng", "answer": "Chúc quý khách một ngày tốt lành!"},
+            {"question": unicodedata.normalize("NFD", "Tạm biệt"), "answer": unicodedata.normalize("NFD", "Hẹn gặp lại quý khách!")}]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    code, out, err = run("--data", str(data), "--loss", "full")
+    assert code == 0, err
+    assert "loss on full" in out
+    assert answers(out) == {"Chào buổi sáng": "Chúc quý khách một ngày tốt lành!", "Tạm biệt": "Hẹn gặp lại quý khách!"}
+
+
+def test_sweep_prints_a_markdown_table():
+    code, out, err = run("--sweep", "1x16,2x32")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("|")]
+    assert rows[0] == "| model | parameters | lr | epochs to exact | seconds | final loss | answer |"
+    assert [r.split("|")[1].strip() for r in rows[2:]] == ["scratch 1x16", "scratch 2x32"]
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert int(cells[1].replace(",", "")) > 0 and int(cells[3]) >= 1
+        assert cells[6] == "Công ty BICweb kính chào quý khách!"
+    assert int(rows[2].split("|")[2].replace(",", "")) < int(rows[3].split("|")[2].replace(",", ""))
+
+
+def test_says_plainly_when_it_did_not_memorise():
+    code, out, err = run("--epochs", "1")
+    assert code == 2
+    assert "NOT memorised: after 1 epochs" in out and "Traceback" not in err
+
+
+def one_line_error(code, err, *words):
+    assert code not in (0, 2), err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--sentence", "Xin chào, Công ty BICweb kính chào quý khách!"], ["--sentence", "Question: ... Answer: ..."]),
+    (["--sentence", "Question: Xin chào Answer:   "], ["empty"]),
+    (["--data", "no/such/file.txt"], ["no such file"]),
+    (["--lr", "0"], ["--lr", "out of range"]),
+    (["--lr", "3"], ["--lr", "out of range"]),
+    (["--epochs", "0"], ["--epochs", "out of range"]),
+    (["--max-length", "4"], ["--max-length", "out of range"]),
+    (["--batch-size", "0"], ["--batch-size", "out of range"]),
+    (["--size", "2x7"], ["LAYERSxWIDTH"]),
+    (["--loss", "question"], ["--loss"]),
+    (["--load", "no/such/folder"], ["--load", "onechat_run.json"]),
+    (["--prompt", "  "], ["--prompt"]),
+    (["--no-such-flag"], ["--no-such-flag"]),
+    (["--sweep", "--chat"], ["--sweep", "--chat"]),
+    (["--max-length", "10"], ["tokens, more than --max-length 10"]),
+])
+def test_bad_flags_give_one_clear_line(flags, words):
+    one_line_error(*run(*flags)[::2], *words)
+
+
+def test_bad_data_files_give_one_clear_line_with_the_line_number(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n", encoding="utf-8")
+    one_line_error(*run("--data", str(empty))[::2], "no Question/Answer pairs")
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"question": "Xin chào", "answer": "Chào bạn!"}\n{"prompt": "Xin chào"}\n', encoding="utf-8")
+    one_line_error(*run("--data", str(bad_json))[::2], "line 2", "question")
+    bad_text = tmp_path / "bad.txt"
+    bad_text.write_text(SENTENCE + "\n\nXin chào mà không có câu trả lời\n", encoding="utf-8")
+    one_line_error(*run("--data", str(bad_text))[::2], "line 3")
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}])
+def test_unreachable_hub_model_says_so_and_suggests_the_offline_default(env, tmp_path):
+    code, out, err = run("--model", "roneneldan/TinyStories-33M", env={**env, "HF_HOME": str(tmp_path)}, timeout=60)
+    one_line_error(code, err, "TinyStories-33M", "cannot be reached", "without --model")
+
+
+def test_unavailable_device_says_so():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    one_line_error(*run("--device", "cuda")[::2], "--device cuda", "--device cpu")

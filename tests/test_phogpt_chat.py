@@ -1,0 +1,344 @@
+"""phogpt_chat.py end to end on a tiny PhoGPT-format checkpoint and an adapter trained by phogpt_qlora.py.
+
+Everything runs on the CPU, offline. The adapter memorises a few answers, so a right answer proves the
+whole path: checkpoint + adapter loading, the prompt template, generation, stopping and streaming.
+"""
+import codecs
+import json
+import os
+import pty
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unicodedata
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import phogpt_chat  # noqa: E402  (functions only: the script body runs under __main__)
+import prompts  # noqa: E402
+from phogpt_model import load_phogpt, save_tiny_checkpoint  # noqa: E402
+
+GREETING = "Công ty BICweb kính chào quý khách!"
+CHATS = [
+    [{"role": "user", "content": "Xin chào"}, {"role": "assistant", "content": GREETING}],
+    [{"role": "user", "content": "Bạn tên là gì?"}, {"role": "assistant", "content": "Tôi là trợ lý ảo của BICweb."},
+     {"role": "user", "content": "Bạn ở đâu?"}, {"role": "assistant", "content": "Tôi ở Hà Nội, Việt Nam."}],
+    # PhoGPT's known failure, learned on purpose: the answer runs on into a made-up next question.
+    [{"role": "user", "content": "Tạm biệt"}, {"role": "assistant", "content": "Hẹn gặp lại!\n### Câu hỏi: Còn gì nữa không?"}],
+]
+ENV = dict(os.environ, PYTHONPATH=ROOT, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1",
+           HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", LC_ALL="C.UTF-8")
+
+
+def tiny_checkpoint(path, d_model=64):
+    texts = [prompts.conversation_text(chat, "</s>") for chat in CHATS] * 3
+    return save_tiny_checkpoint(str(path), texts, d_model=d_model, n_heads=4, n_layers=2, max_seq_len=512)
+
+
+def run_chat(*flags, stdin=None, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "phogpt_chat.py"), *flags], input=stdin,
+                          capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "phogpt-tiny")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory):
+    """The real handoff: phogpt_qlora.py trains the adapter that phogpt_chat.py then loads."""
+    work = tmp_path_factory.mktemp("adapter")
+    data = work / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in CHATS), encoding="utf-8")
+    out = work / "adapter"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "phogpt_qlora.py"), "--model", model_dir, "--data",
+                           str(data), "--output", str(out), "--epochs", "100", "--lr", "1e-2", "--batch-size", "4",
+                           "--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0", "--save-steps", "1000",
+                           "--seed", "0"], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answered 4/4 exactly" in done.stdout + done.stderr, (done.stdout + done.stderr)[-1500:]
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir, adapter_dir):
+    from peft import PeftModel
+    model, tokenizer = load_phogpt(model_dir)
+    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
+    return model, tokenizer
+
+
+def answer(loaded, messages, state=None, **sampling):
+    model, tokenizer = loaded
+    ids, _ = phogpt_chat.fit_history(tokenizer, messages, 400)
+    state = state if state is not None else {"cache": None, "ids": []}
+    text = "".join(phogpt_chat.stream_answer(model, tokenizer, ids, state, prompts.STOP_STRINGS["chat"],
+                                             **{"temperature": 0, "max_new_tokens": 60, **sampling}))
+    return text, state
+
+
+def test_one_shot_answers_and_stops_at_eos(model_dir, adapter_dir):
+    done = run_chat("--model", model_dir, "--adapter", adapter_dir, "--prompt", "Xin chào", "--temperature", "0",
+                    "--max-new-tokens", "100", "--stats")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == GREETING + "\n"  # only the answer on stdout
+    tokens = int(re.search(r"\[(\d+) tokens, [\d.]+ tok/s, first token \d+ ms", done.stderr).group(1))
+    assert tokens < 100  # it stopped at EOS, not at --max-new-tokens
+
+
+def test_stop_string_is_never_printed_and_nfd_equals_nfc(model_dir, adapter_dir):
+    nfc = run_chat("--model", model_dir, "--adapter", adapter_dir, "--prompt", "Tạm biệt", "--temperature", "0")
+    nfd = run_chat("--model", model_dir, "--adapter", adapter_dir, "--temperature", "0",  # piped stdin, NFD
+                   stdin=unicodedata.normalize("NFD", "Tạm biệt\n"))
+    assert nfc.returncode == nfd.returncode == 0, nfc.stderr + nfd.stderr
+    assert nfc.stdout == "Hẹn gặp lại!\n"  # the model went on into "\n### Câu hỏi: ...": cut, never shown
+    assert nfd.stdout == nfc.stdout
+
+
+def test_streaming_holds_back_a_partial_stop_string(loaded):
+    model, tokenizer = loaded
+    messages = [{"role": "user", "content": "Tạm biệt"}]
+    ids, _ = phogpt_chat.fit_history(tokenizer, messages, 400)
+    pieces = list(phogpt_chat.stream_answer(model, tokenizer, ids, {"cache": None, "ids": []},
+                                            prompts.STOP_STRINGS["chat"], temperature=0, max_new_tokens=60))
+    shown = ""
+    for piece in pieces:
+        shown += piece
+        assert "#" not in shown and not shown.endswith("\n")  # no prefix of "\n### Câu hỏi:" ever on screen
+    assert shown == "Hẹn gặp lại!" and len(pieces) > 1
+
+
+def test_kv_cache_reuse_gives_the_same_tokens_as_reencoding(loaded):
+    model, tokenizer = loaded
+    questions = ["Tạm biệt", "Bạn tên là gì?", "Bạn ở đâu?", "Xin chào"]
+    history, state, reused, held = [], {"cache": None, "ids": []}, [], []
+    for question in questions:
+        history.append({"role": "user", "content": question})
+        held.append(len(state["ids"]))  # tokens in the cache before this turn
+        kept, state = answer(loaded, history, state)
+        fresh, _ = answer(loaded, history)  # a new cache: the whole history encoded again
+        assert kept == fresh
+        reused.append(state["stats"]["reused"])
+        history.append({"role": "assistant", "content": kept})
+    assert history[1]["content"] == "Hẹn gặp lại!"
+    assert reused[0] == 0 and all(r > 0 for r in reused[1:])
+    assert reused[1] < held[1]  # the cache held the cut-off "\n### Câu hỏi: ..." tail: it was cropped away
+    # --compile's path: a StaticCache rolled back instead of cropped, one-token steps through torch.compile
+    static = {"cache": None, "ids": [], "static": 512, "step": torch.compile(model, backend="eager", dynamic=False)}
+    for turn in range(len(questions)):
+        assert answer(loaded, history[:2 * turn + 1], static)[0] == history[2 * turn + 1]["content"]
+        assert static["stats"]["reused"] == reused[turn]
+    # and our decode loop gives what transformers' generate() gives
+    ids, _ = phogpt_chat.fit_history(tokenizer, history[:5], 400)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    assert tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip() == history[5]["content"]
+
+
+def test_seed_makes_sampling_reproducible(loaded):
+    torch.manual_seed(7)
+    first, _ = answer(loaded, [{"role": "user", "content": "Bạn ở đâu?"}], temperature=1.5, top_k=0, top_p=1.0)
+    torch.manual_seed(7)
+    again, _ = answer(loaded, [{"role": "user", "content": "Bạn ở đâu?"}], temperature=1.5, top_k=0, top_p=1.0)
+    assert first == again
+
+
+def test_long_history_keeps_the_newest_turns_within_the_context(loaded):
+    _, tokenizer = loaded
+    history = []
+    for i in range(40):
+        history += [{"role": "user", "content": f"Câu hỏi số {i}?"}, {"role": "assistant", "content": f"Trả lời số {i}."}]
+    history.append({"role": "user", "content": "Câu hỏi cuối?"})
+    budget = 120
+    ids, first = phogpt_chat.fit_history(tokenizer, history, budget, system="Hãy trả lời ngắn gọn.")
+    text = tokenizer.decode(ids)
+    assert len(ids) <= budget and first > 0 and first % 2 == 0
+    assert text.startswith("### Câu hỏi: Hãy trả lời ngắn gọn.\n\n")  # --system survives: it goes on the first kept question
+    assert text.endswith("### Câu hỏi: Câu hỏi cuối?\n### Trả lời:")
+    assert "Trả lời số 39." in text and "Câu hỏi số 0?" not in text
+    assert len(tokenizer(prompts.generation_prompt(history[first - 2:], "</s>", system="Hãy trả lời ngắn gọn."),
+                         add_special_tokens=False)["input_ids"]) > budget  # one more turn would not fit
+    with pytest.raises(ValueError, match="at most 5 fit"):
+        phogpt_chat.fit_history(tokenizer, history, 5)
+
+
+def spawn_terminal(*flags):
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the chat, with the pseudo-terminal as its keyboard and screen
+        os.execve(sys.executable, [sys.executable, os.path.join(ROOT, "phogpt_chat.py"), *flags], ENV)
+    return pid, fd
+
+
+UNREAD = {}  # fd -> (utf-8 decoder, text read past the last match)
+
+
+def read_until(fd, pattern, timeout=60):
+    """Read the terminal until pattern (a regex) appears; return the text up to the end of the match."""
+    decoder, seen = UNREAD.get(fd) or (codecs.getincrementaldecoder("utf-8")("replace"), "")
+    end = time.time() + timeout
+    while not re.search(pattern, seen):
+        assert time.time() < end, f"no {pattern!r} on the terminal; it shows:\n{seen[-1500:]}"
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                seen += decoder.decode(os.read(fd, 4096))
+            except OSError:  # the program has exited
+                raise AssertionError(f"the chat ended before {pattern!r}; it showed:\n{seen[-1500:]}") from None
+    match_end = re.search(pattern, seen).end()
+    UNREAD[fd] = (decoder, seen[match_end:])
+    return seen[:match_end]
+
+
+def test_terminal_chat_through_a_pseudo_terminal(model_dir, adapter_dir, tmp_path):
+    saved = tmp_path / "saved.jsonl"
+    pid, fd = spawn_terminal("--model", model_dir, "--adapter", adapter_dir, "--temperature", "0",
+                             "--max-new-tokens", "40", "--max-length", "80", "--stats")
+    try:
+        read_until(fd, "Bạn: ")
+        os.write(fd, "Bạn tên là gì?\n".encode())
+        assert "Tôi là trợ lý ảo của BICweb." in read_until(fd, "Bạn: ")
+        os.write(fd, "Bạn ở đâu?\n".encode())  # the second turn needs the first: it was trained as one chat
+        assert "Tôi ở Hà Nội, Việt Nam." in read_until(fd, "Bạn: ")
+        os.write(fd, b"  \n")  # empty input is ignored: just a new prompt
+        assert read_until(fd, "Bạn: ").strip() == "Bạn:"
+        os.write(fd, b"/undo\n")
+        assert "1 left" in read_until(fd, "Bạn: ")
+        os.write(fd, "Bạn ở đâu?\n".encode())
+        assert "Tôi ở Hà Nội, Việt Nam." in read_until(fd, "Bạn: ")
+        os.write(fd, "Xin chào\n".encode())  # 3 turns + a 40-token answer exceed --max-length 80
+        screen = read_until(fd, "Bạn: ")
+        assert "dropped the 1 oldest turn(s)" in screen
+        prompt_tokens = int(re.search(r"prompt (\d+) tokens", screen).group(1))
+        assert 0 < prompt_tokens <= 80 - 40
+        time.sleep(1)  # let input() block first: CPython's readline loses a SIGINT that lands just before its select()
+        os.kill(pid, signal.SIGINT)  # Ctrl+C (what the terminal sends) at the prompt does not quit
+        assert "Ctrl+D" in read_until(fd, r"quits\)\s+Bạn: ")
+        os.write(fd, f"/save {saved}\n".encode())
+        assert "3 turn(s)" in read_until(fd, "Bạn: ")
+        os.write(fd, b"/reset\n")
+        read_until(fd, r"new conversation\)\s+Bạn: ")
+        os.write(fd, "Xin chào\n".encode())
+        assert GREETING in read_until(fd, "Bạn: ")
+        os.write(fd, f"/save {saved}\n".encode())
+        read_until(fd, "Bạn: ")
+        os.write(fd, b"/exit\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    rows = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["messages"] == [
+        {"role": "user", "content": "Bạn tên là gì?"}, {"role": "assistant", "content": "Tôi là trợ lý ảo của BICweb."},
+        {"role": "user", "content": "Bạn ở đâu?"}, {"role": "assistant", "content": "Tôi ở Hà Nội, Việt Nam."},
+        {"role": "user", "content": "Xin chào"}, rows[0]["messages"][-1]]  # /save keeps the dropped turns too
+    assert rows[0]["messages"][-1]["role"] == "assistant" and rows[0]["messages"][-1]["content"]
+    assert rows[1]["messages"] == CHATS[0]  # after /reset: a new conversation, one turn
+    # the saved chats are training data for phogpt_qlora.py as they are
+    check = subprocess.run([sys.executable, os.path.join(ROOT, "phogpt_qlora.py"), "--model", model_dir,
+                            "--data", str(saved), "--dry-run"], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                           timeout=120)
+    assert check.returncode == 0, check.stderr[-1500:]
+    assert f"2 examples from {saved}" in check.stdout + check.stderr
+
+
+def test_ctrl_c_stops_the_answer_not_the_program(model_dir):
+    # the base model (no adapter) rambles: with a long --max-new-tokens it is still talking when Ctrl+C comes
+    pid, fd = spawn_terminal("--model", model_dir, "--temperature", "0", "--max-length", "20000",
+                             "--max-new-tokens", "9000", "--repetition-penalty", "1.0")
+    try:
+        read_until(fd, "Bạn: ")
+        os.write(fd, "Kể một câu chuyện dài\n".encode())
+        read_until(fd, r"PhoGPT: \S")
+        os.kill(pid, signal.SIGINT)  # Ctrl+C
+        read_until(fd, r"\[stopped\]\s+Bạn: ", timeout=30)
+        os.write(fd, b"/undo\n")  # still running; the stopped answer was kept as a turn
+        read_until(fd, r"dropped the last turn; 0 left\)\s+Bạn: ")
+        time.sleep(1)
+        os.write(fd, b"\x04")  # Ctrl+D quits
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening_addresses(port):
+    """Local addresses with a socket listening on port, from /proc/net/tcp (LISTEN = state 0A)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for line in open(table).read().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if int(hex_port, 16) == port and state == "0A":
+                    found.append(address)
+    return found
+
+
+def test_gradio_page_streams_answers_on_loopback_only(model_dir, adapter_dir):
+    from gradio_client import Client
+    port = free_port()
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "phogpt_chat.py"), "--model", model_dir,
+                               "--adapter", adapter_dir, "--ui", "--port", str(port), "--temperature", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    try:
+        end = time.time() + 90
+        while True:
+            assert server.poll() is None and time.time() < end, server.stdout.read() if server.poll() else "slow"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        assert listening_addresses(port) == ["0100007F"]  # 127.0.0.1, nothing else
+        busy = run_chat("--model", model_dir, "--ui", "--port", str(port))
+        assert busy.returncode == 1 and f"port {port} is already in use" in busy.stderr
+        assert "Traceback" not in busy.stderr
+
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        settings = dict(temperature=0, top_p=0.9, top_k=50, repetition_penalty=1.0, max_new_tokens=60)
+        assert client.predict("Xin chào", *settings.values(), api_name="/respond") == GREETING
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)  # a new session: the chat so far is per session
+        job = client.submit("Tạm biệt", *settings.values(), api_name="/respond")
+        partial = list(job)
+        assert partial[-1] == "Hẹn gặp lại!" and len(partial) > 1  # streamed, and the stop string cut
+        assert all(partial[-1].startswith(p) for p in partial)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_bad_input_gets_one_line(model_dir, adapter_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tiny_checkpoint(tmp_path / "other", d_model=32)
+    cases = [
+        (["--adapter", str(empty)], "no adapter_config.json in"),
+        (["--load-in", "4bit"], "needs a CUDA GPU"),
+        (["--adapter", adapter_dir, "--model", other], "was trained on"),
+    ]
+    if torch.cuda.is_available():
+        cases.pop(1)
+    for flags, message in cases:
+        done = run_chat("--model", model_dir, "--prompt", "Xin chào", *flags)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: ")
