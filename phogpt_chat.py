@@ -20,7 +20,8 @@ import prompts
 parser = argparse.ArgumentParser(description="Multi-turn chat with PhoGPT, in the terminal or a Gradio page.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 # model
-parser.add_argument("--model", default="vinai/PhoGPT-4B-Chat", help="hub id or local folder (a merged model folder works too)")
+parser.add_argument("--model", default=None, help="hub id or local folder (a merged model folder works too); "
+                    "default: the --adapter's base model, else vinai/PhoGPT-4B-Chat")
 parser.add_argument("--adapter", default=None, help="LoRA adapter folder written by phogpt_qlora.py --output")
 parser.add_argument("--load-in", default="auto", choices=["auto", "4bit", "8bit", "none"], help="auto: 4bit (nf4) on CUDA, none elsewhere")
 parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (the dtype follows: fp16 on a T4, bf16 on newer GPUs, fp32 on CPU)")
@@ -165,6 +166,10 @@ if __name__ == "__main__":
         args.model, args.adapter = args.adapter, None
     if args.adapter and not (has("adapter_model.safetensors") or has("adapter_model.bin")):
         fail(f"no adapter_model.safetensors in {args.adapter}: the adapter is incomplete, train it again")
+    if args.model is None and args.adapter:  # the base the adapter was trained on, as phogpt_qlora.py saved it
+        with open(os.path.join(args.adapter, "adapter_config.json")) as f:
+            args.model = json.load(f).get("base_model_name_or_path")
+    args.model = args.model or "vinai/PhoGPT-4B-Chat"
     if args.auth and ":" not in args.auth:
         fail("--auth takes user:pass, for example --auth lan:matkhau")
     if args.ui:

@@ -94,6 +94,13 @@ def test_one_shot_answers_and_stops_at_eos(model_dir, adapter_dir):
     assert tokens < 100  # it stopped at EOS, not at --max-new-tokens
 
 
+def test_adapter_alone_loads_the_base_it_was_trained_on(model_dir, adapter_dir):
+    done = run_chat("--adapter", adapter_dir, "--prompt", "Xin chào", "--temperature", "0", "--max-new-tokens", "100")
+    assert done.returncode == 0, done.stderr
+    assert f"loading {model_dir} " in done.stderr  # not the default vinai/PhoGPT-4B-Chat (unreachable here)
+    assert done.stdout == GREETING + "\n"
+
+
 def test_stop_string_is_never_printed_and_nfd_equals_nfc(model_dir, adapter_dir):
     nfc = run_chat("--model", model_dir, "--adapter", adapter_dir, "--prompt", "Tạm biệt", "--temperature", "0")
     nfd = run_chat("--model", model_dir, "--adapter", adapter_dir, "--temperature", "0",  # piped stdin, NFD
