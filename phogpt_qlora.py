@@ -263,12 +263,7 @@ if args.merge:
     say(f"saved the merged model ({merge_dtype}) and tokenizer to {out_dir}")
     sys.exit(0)
 
-# ---- data: validate every row and tokenize, before the model loads ----
-try:
-    tokenizer = load_tokenizer(model_name)
-except (OSError, ValueError) as err:
-    fail(err)
-eos = tokenizer.eos_token
+# ---- data: validate every row (no model needed), then tokenize, before the model loads ----
 try:
     rows = list(read_rows(args.data))
 except FileNotFoundError:
@@ -278,18 +273,28 @@ except UnicodeDecodeError as err:
 if not rows:
     fail(f"{args.data}: no rows; fix: add at least one question and answer")
 if args.method == "dpo":
-    pairs = []
+    triples = []
     for where, row in rows:
         prompt = text_field(row if isinstance(row, dict) else {}, "prompt", where, "give every row a 'prompt'")
+        chosen, rejected = (text_field(row, k, where, f"give every row a '{k}' answer") for k in ("chosen", "rejected"))
+        triples.append((prompt, chosen, rejected))
+else:
+    shapes = [row_to_messages(row, where) for where, row in rows]
+try:
+    tokenizer = load_tokenizer(model_name)
+except (OSError, ValueError) as err:
+    fail(err)
+eos = tokenizer.eos_token
+if args.method == "dpo":
+    pairs = []
+    for prompt, chosen, rejected in triples:
         if not prompt.rstrip().endswith(prompts.PHOGPT_ASSISTANT.strip()):
             prompt = prompts.generation_prompt([{"role": "user", "content": prompt}], eos, template)
-        chosen, rejected = (text_field(row, k, where, f"give every row a '{k}' answer") for k in ("chosen", "rejected"))
         pairs.append({"prompt": prompt, "chosen": " " + chosen.strip(), "rejected": " " + rejected.strip()})
     say(f"{len(pairs)} preference pairs from {args.data}, template '{template}'")
 else:
     examples, truncated = [], 0
-    for where, row in rows:
-        shape = row_to_messages(row, where)
+    for shape in shapes:
         if isinstance(shape, tuple):  # a ready-made prompt: train the answer after it, as conversation_segments does
             segments = [(shape[0], False), (" " + shape[1].strip() + eos, True)]
         else:
@@ -431,8 +436,11 @@ signal.signal(signal.SIGINT, ctrl_c.previous)
 if SaveOnCtrlC.interrupted:
     say(f"stopped by Ctrl+C at step {trainer.state.global_step}; checkpoint saved in {out_dir}; rerun with --resume")
     sys.exit(130)
-if not trainer.is_world_process_zero():
-    sys.exit(0)
+if torch.distributed.is_initialized():  # DDP: only rank 0 saves and reports; no collective calls after this
+    torch.distributed.destroy_process_group()
+    if not trainer.is_world_process_zero():  # os._exit: a normal exit can abort in the group's C++ teardown
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)
 model = trainer.model
 if args.method == "dpo":
     model.save_pretrained(out_dir, selected_adapters=["default"])  # not trl's frozen "ref" copy

@@ -134,6 +134,16 @@ def test_a_bad_row_gets_one_line_with_file_line_field_and_fix(tiny, tmp_path, ca
     assert field in err and "fix:" in err
 
 
+def test_data_is_checked_before_the_model_is_fetched(tmp_path, capsys):
+    # A typo in the data must not wait for (or be hidden by) a multi-GB download of the model.
+    content, place, field = BAD_ROWS["table.csv"]
+    (tmp_path / "table.csv").write_text(content, encoding="utf-8")
+    for data, message in [(tmp_path / "table.csv", f"{tmp_path / place}: field '{field}'"),
+                          (tmp_path / "missing.jsonl", "file not found")]:
+        code, out, err = run_here(capsys, "--model", "vinai/no-such-PhoGPT", "--data", data, "--output", tmp_path / "o")
+        assert code == 1 and message in err and "no-such-PhoGPT" not in err, err
+
+
 def test_bad_input_gets_one_line(tiny, faq, tmp_path, capsys):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "adapter_config.json").write_text("{}")
