@@ -394,8 +394,9 @@ def _load_error(name_or_path, err):
             f"or download it once and pass its local folder with --model")
 
 
-def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None, trust_remote_code=False):
-    """Load (model, tokenizer) from a hub id or a local folder. load_in: 'none', '4bit' (nf4) or '8bit'."""
+def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None, trust_remote_code=False,
+                quant_type="nf4", double_quant=True):
+    """Load (model, tokenizer) from a hub id or a local folder. load_in: 'none', '4bit' (quant_type) or '8bit'."""
     if load_in not in ("none", "4bit", "8bit"):
         raise ValueError(f"load_in must be 'none', '4bit' or '8bit', not {load_in!r}")
     if dtype is None:
@@ -404,8 +405,8 @@ def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None, trust
     if load_in != "none":
         from transformers import BitsAndBytesConfig  # imported here: bitsandbytes is slow to import
         quantization_config = BitsAndBytesConfig(
-            load_in_4bit=load_in == "4bit", load_in_8bit=load_in == "8bit", bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=load_in == "4bit", load_in_8bit=load_in == "8bit", bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype)
     tokenizer = load_tokenizer(name_or_path)
     kwargs = dict(dtype=dtype, device_map=device_map, quantization_config=quantization_config,
                   **_source_kwargs(name_or_path))

@@ -340,15 +340,8 @@ if load_in == "none" and not cuda:
     say("no CUDA GPU: training LoRA on the full-precision base on the CPU (no quantisation); slow beyond tiny models")
 device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None  # one whole model per DDP process
 try:
-    if load_in == "4bit" and (args.quant_type, args.double_quant) != ("nf4", True):  # load_phogpt's 4-bit is nf4 + DQ
-        from transformers import BitsAndBytesConfig
-        from phogpt_model import PhoGPTForCausalLM
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=args.quant_type,
-                                          bnb_4bit_use_double_quant=args.double_quant, bnb_4bit_compute_dtype=dtype)
-        base = PhoGPTForCausalLM.from_pretrained(model_name, dtype=dtype, device_map=device_map,
-                                                 quantization_config=quantization)
-    else:
-        base, tokenizer = load_phogpt(model_name, load_in=load_in, dtype=dtype, device_map=device_map)
+    base, tokenizer = load_phogpt(model_name, load_in=load_in, dtype=dtype, device_map=device_map,
+                                  quant_type=args.quant_type, double_quant=args.double_quant)
 except (OSError, ValueError) as err:
     fail(err)
 checkpointing = args.gradient_checkpointing == "on"

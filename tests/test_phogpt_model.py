@@ -427,6 +427,14 @@ def test_lora_on_a_4bit_model_runs_forward_and_backward_on_cpu(tiny_phogpt):
     assert torch.corrcoef(torch.stack([quantized_logits.flatten(), reference.flatten()]))[0, 1] > 0.9
 
 
+def test_4bit_format_and_double_quantisation_are_honoured(tiny_phogpt):
+    pytest.importorskip("bitsandbytes")
+    for quant_type, double_quant in [("nf4", True), ("fp4", False)]:
+        model, _ = load_phogpt(tiny_phogpt, load_in="4bit", quant_type=quant_type, double_quant=double_quant)
+        state = model.transformer.blocks[0].attn.Wqkv.weight.quant_state
+        assert state.quant_type == quant_type and (state.state2 is not None) == double_quant
+
+
 def test_sft_trainer_padding_free_packing_gives_the_loss_of_padded_batches(tiny_phogpt, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
