@@ -166,10 +166,14 @@ if __name__ == "__main__":
         args.model, args.adapter = args.adapter, None
     if args.adapter and not (has("adapter_model.safetensors") or has("adapter_model.bin")):
         fail(f"no adapter_model.safetensors in {args.adapter}: the adapter is incomplete, train it again")
-    if args.model is None and args.adapter:  # the base the adapter was trained on, as phogpt_qlora.py saved it
-        with open(os.path.join(args.adapter, "adapter_config.json")) as f:
-            args.model = json.load(f).get("base_model_name_or_path")
-    args.model = args.model or "vinai/PhoGPT-4B-Chat"
+    trained_on = None  # the base the adapter was trained on, as phogpt_qlora.py saved it
+    if args.adapter:
+        try:
+            with open(os.path.join(args.adapter, "adapter_config.json"), encoding="utf-8") as f:
+                trained_on = json.load(f).get("base_model_name_or_path")
+        except (ValueError, AttributeError):
+            fail(f"{args.adapter}/adapter_config.json is not valid: the adapter is damaged, train it again")
+    args.model = args.model or trained_on or "vinai/PhoGPT-4B-Chat"
     if args.auth and ":" not in args.auth:
         fail("--auth takes user:pass, for example --auth lan:matkhau")
     if args.ui:
@@ -197,8 +201,7 @@ if __name__ == "__main__":
         fail(err)
     if args.adapter:
         from peft import PeftModel
-        with open(os.path.join(args.adapter, "adapter_config.json")) as f:
-            trained_on = json.load(f).get("base_model_name_or_path") or "?"
+        trained_on = trained_on or "?"
         try:
             model = PeftModel.from_pretrained(model, args.adapter)
         except (RuntimeError, ValueError, KeyError):  # peft: "size mismatch for ...lora_A..."

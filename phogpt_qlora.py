@@ -208,7 +208,10 @@ if args.adapter:
     adapter_config = Path(args.adapter, "adapter_config.json")
     if not adapter_config.exists():
         fail(f"--adapter {args.adapter}: no adapter_config.json there; fix: give the --output of a training run")
-    adapter_base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    try:
+        adapter_base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (ValueError, AttributeError):
+        fail(f"{adapter_config} is not valid; fix: the adapter is damaged, train it again")
 elif args.merge or args.method == "dpo":
     fail("--merge and --method dpo start from a trained adapter; fix: add --adapter DIR (the --output of an SFT run)")
 model_name = args.model or adapter_base or "vinai/PhoGPT-4B-Chat"
@@ -432,7 +435,8 @@ if SaveOnCtrlC.interrupted:
 if torch.distributed.is_initialized():  # DDP: only rank 0 saves and reports; no collective calls after this
     torch.distributed.destroy_process_group()
     if not trainer.is_world_process_zero():  # os._exit: a normal exit can abort in the group's C++ teardown
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(0)
 model = trainer.model
 if args.method == "dpo":

@@ -337,8 +337,13 @@ def test_bad_input_gets_one_line(model_dir, adapter_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     other = tiny_checkpoint(tmp_path / "other", d_model=32)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "adapter_config.json").write_text("{not json")
+    (damaged / "adapter_model.safetensors").write_bytes(b"")
     cases = [
         (["--adapter", str(empty)], "no adapter_config.json in"),
+        (["--adapter", str(damaged)], "adapter_config.json is not valid"),
         (["--load-in", "4bit"], "needs a CUDA GPU"),
         (["--adapter", adapter_dir, "--model", other], "was trained on"),
     ]

@@ -147,7 +147,10 @@ def test_data_is_checked_before_the_model_is_fetched(tmp_path, capsys):
 def test_bad_input_gets_one_line(tiny, faq, tmp_path, capsys):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "adapter_config.json").write_text("{}")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "adapter_config.json").write_text("{not json")
     cases = [(["--output", tmp_path / "old"], "already exists"),
+             (["--merge", "--adapter", tmp_path / "damaged"], "adapter_config.json is not valid"),
              (["--load-in", "4bit"], "needs a CUDA GPU"),
              (["--merge", "--adapter", tmp_path / "nothing"], "no adapter_config.json"),
              (["--data", tmp_path / "missing.jsonl"], "file not found"),
