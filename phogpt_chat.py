@@ -8,14 +8,19 @@ Commands in the terminal: /reset, /undo, /save FILE, /exit. Ctrl+C stops an answ
 """
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
 import time
+import warnings
 
 import torch
 
 import prompts
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' deprecation notices are for us, not students
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its hint about an optional CPU kernel package
 
 parser = argparse.ArgumentParser(description="Multi-turn chat with PhoGPT, in the terminal or a Gradio page.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

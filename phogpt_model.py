@@ -19,6 +19,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -49,6 +50,7 @@ PHOGPT_CHAT_TEMPLATE = (
     "{% if message['role'] == 'user' and add_generation_prompt %}{{ '\n### Trả lời:' }}{% endif %}{% endif %}"
     "{% endfor %}"
 )
+LOSS_CHUNK = 2**24  # logits per lm_head call in the training loss: 819 tokens for 4B, 66 for 7B5
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}  # ids 0,1,2,3
 
 # Options of llm-foundry's MPT that change the maths, with the only value implemented here.
@@ -306,16 +308,43 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
                                past_key_values=past_key_values, use_cache=use_cache, cache_position=cache_position,
                                inputs_embeds=inputs_embeds)
         x = out.last_hidden_state
+        if labels is not None and self.training and torch.is_grad_enabled():  # training: loss only, no logits
+            loss = self.answer_loss(x, labels, kwargs.get("num_items_in_batch"))
+            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
         if logits_to_keep:  # generate() only needs the last position's logits
             x = x[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else x[:, logits_to_keep]
-        logits = self.lm_head(x)
-        if self.config.logit_scale is not None:
-            scale = self.config.logit_scale
-            logits = logits * (1 / math.sqrt(self.config.d_model) if scale == "inv_sqrt_d_model" else scale)
+        logits = self.logits(x)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    def logits(self, x):
+        logits = self.lm_head(x)
+        scale = self.config.logit_scale
+        if scale is not None:
+            logits = logits * (1 / math.sqrt(self.config.d_model) if scale == "inv_sqrt_d_model" else scale)
+        return logits
+
+    def answer_loss(self, x, labels, num_items_in_batch=None):
+        """The causal LM loss of transformers (mean next-token cross-entropy, -100 = not trained), without the
+        (batch, length, vocab) logits: only trained positions go through lm_head, LOSS_CHUNK logits at a time,
+        and each chunk is recomputed in the backward pass instead of kept. For 7B5's 250,880-token vocabulary the
+        full fp32 logits of 16 x 1024 tokens would be 16 GB; a chunk with its gradient takes about 300 MB."""
+        targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(x.device)  # position t predicts token t + 1
+        trained = targets != -100
+        x, targets = x[trained], targets[trained]
+        total = x[:0].sum()  # zero, but connected to the graph even if nothing is trained
+        step = max(1, LOSS_CHUNK // self.config.vocab_size)
+        for i in range(0, len(targets), step):
+            total = total + checkpoint(self.summed_cross_entropy, x[i:i + step], targets[i:i + step],
+                                       use_reentrant=False)
+        if num_items_in_batch is None:  # Trainer passes the count over all accumulated micro-batches
+            num_items_in_batch = max(1, len(targets))
+        return total / (num_items_in_batch.to(x.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
+
+    def summed_cross_entropy(self, x, targets):
+        return F.cross_entropy(self.logits(x).float(), targets, reduction="sum")
 
     def create_masks_for_generate(self, attention_mask=None, past_key_values=None, **kwargs):
         """generate() with a static cache: keep the 2D padding mask, padded to the cache length (fixed shapes)."""
@@ -471,3 +500,23 @@ def save_tiny_checkpoint(path, texts, d_model=64, n_heads=4, n_layers=2, max_seq
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     return path
+
+
+if __name__ == "__main__":  # python phogpt_model.py: a tiny PhoGPT to try phogpt_qlora.py and phogpt_chat.py offline
+    import argparse
+    import glob
+
+    import prompts
+    parser = argparse.ArgumentParser(description="Write a tiny random PhoGPT-4B-Chat-format checkpoint, for offline "
+                                     "demos: then pass --model tiny-phogpt to phogpt_qlora.py and phogpt_chat.py.")
+    parser.add_argument("--output", default="tiny-phogpt", help="folder to write")
+    parser.add_argument("--data", default="data", help="a .jsonl file, or a folder of them, to train the tokenizer on")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    args = parser.parse_args()
+    files = sorted(glob.glob(os.path.join(args.data, "*.jsonl"))) if os.path.isdir(args.data) else [args.data]
+    if not files or not all(os.path.isfile(f) for f in files):
+        raise SystemExit(f"error: --data {args.data}: no .jsonl file there; fix: point it at data/ or a .jsonl file")
+    texts = [prompts.nfc(line) for name in files for line in open(name, encoding="utf-8")]
+    texts += [prompts.PHOGPT_USER_FIRST + prompts.PHOGPT_ASSISTANT, prompts.INSTRUCT_USER + prompts.INSTRUCT_ASSISTANT]
+    save_tiny_checkpoint(args.output, texts, seed=args.seed)
+    print(f"wrote a tiny random PhoGPT ({', '.join(sorted(os.listdir(args.output)))}) to {args.output}")

@@ -37,7 +37,7 @@ train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
 train.add_argument("--lr-scheduler", default="cosine", help="learning-rate schedule (transformers name)")
 train.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
 train.add_argument("--max-length", type=int, default=1024, help="longest example in tokens; longer ones are cut")
-train.add_argument("--packing", action="store_true", help="pack each batch into one row (needs attention that restarts per example)")
+train.add_argument("--packing", action="store_true", help="pack each batch into one row, no padding (for short examples: its attention bias grows with the row squared)")
 train.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"], help="auto: on only when the T4-style memory estimate needs it")
 train.add_argument("--optim", default="auto", help="optimizer (auto: fused AdamW on CUDA, AdamW on CPU)")
 train.add_argument("--beta", type=float, default=0.1, help="DPO: how far the model may move from the SFT adapter")
@@ -47,10 +47,12 @@ train.add_argument("--recall-limit", type=int, default=0, help="training answers
 train.add_argument("--seed", type=int, default=42, help="random seed")
 args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 
-import csv, itertools, json, math, os, resource, shutil, signal, statistics, time
+import csv, itertools, json, logging, math, os, resource, shutil, signal, statistics, time, warnings
 from pathlib import Path
 import torch
 import prompts
+warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' deprecation notices are for us, not students
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its hint about an optional CPU kernel package
 
 T4_PRICE_PER_HOUR = 0.42  # Colab T4, as the seed reported
 T4_FLOPS = 65e12 * 0.3  # ASSUMED: 30% of a T4's fp16 tensor-core peak
@@ -157,18 +159,20 @@ def tokenize(segments, tokenizer, max_length):
 def t4_estimate(config, load_in, checkpointing):
     """Rough T4 figures for this data and batch from the model's shape: (peak GiB, hours). Not measurements."""
     d, layers, vocab, heads = config.d_model, config.n_layers, config.vocab_size, config.n_heads
-    longest, batch_tokens = max(lengths), args.batch_size * max(lengths)
+    biggest = sorted(lengths)[-args.batch_size:]  # the batch that needs the most memory
+    batch_tokens = sum(biggest) if args.packing else len(biggest) * biggest[-1]
     linear = layers * 12 * d * d  # Wqkv, out_proj, up_proj, down_proj
     weights = linear * {"4bit": 0.53, "8bit": 1.0, "none": 2.0}[load_in] + vocab * d * 2
     lora = layers * 16 * args.lora_r * d * 16  # fp32 weight, gradient and two Adam moments
-    per_layer = batch_tokens * (34 * d + 5 * heads * longest)  # fp16 activations (Korthikanti et al. 2022)
+    per_layer = batch_tokens * 34 * d  # fp16 activations (Korthikanti et al. 2022); fused attention keeps no scores
     activations = batch_tokens * d * 2 * layers + per_layer if checkpointing else per_layer * layers
-    logits = batch_tokens * vocab * 10  # fp16 logits, an fp32 copy and its gradient
+    bias = 2 * heads * (batch_tokens**2 if args.packing else len(biggest) * biggest[-1] ** 2)  # ALiBi + masks, shared
+    loss = phogpt_model.LOSS_CHUNK * 14  # one chunk of the answer loss: logits in fp16 and fp32, and gradients
     passes = 3 if checkpointing else 2  # forward, backward (frozen weights: no weight gradients), recompute
     steps = math.ceil(len(lengths) / args.batch_size) * args.epochs
     seconds = (sum(lengths) * args.epochs * 2 * passes * (linear + vocab * d) / T4_FLOPS  # matmuls
                + steps * passes * linear * 2 / T4_BYTES_PER_S)  # every pass streams all weights in 16 bits
-    return (weights + lora + activations + logits) / 2**30 + 0.5, seconds / 3600
+    return (weights + lora + activations + bias + loss) / 2**30 + 0.5, seconds / 3600
 
 
 def answer_recall(model, tokenizer, examples, limit):
@@ -202,6 +206,7 @@ def answer_recall(model, tokenizer, examples, limit):
 
 
 # ---- what to do, with which model ----
+import phogpt_model
 from phogpt_model import PhoGPTConfig, load_phogpt, load_tokenizer, pick_dtype
 adapter_base = None
 if args.adapter:

@@ -179,6 +179,7 @@ def test_long_history_keeps_the_newest_turns_within_the_context(loaded):
 def spawn_terminal(*flags):
     pid, fd = pty.fork()
     if pid == 0:  # the child: the chat, with the pseudo-terminal as its keyboard and screen
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background pytest ignores Ctrl+C, and exec would keep that
         os.execve(sys.executable, [sys.executable, os.path.join(ROOT, "phogpt_chat.py"), *flags], ENV)
     return pid, fd
 

@@ -253,6 +253,31 @@ def test_packed_row_gives_the_same_per_example_loss_as_separate_rows():
 ANSWER = "### Câu hỏi: Xin chào\n### Trả lời: Chào bạn! Hà Nội là thủ đô của Việt Nam.</s>"
 
 
+def test_training_loss_equals_the_full_logits_loss_without_building_them(monkeypatch):
+    import phogpt_model
+    monkeypatch.setattr(phogpt_model, "LOSS_CHUNK", 96 * 5)  # 5 positions per lm_head call: several chunks
+    model = random_model(logit_scale=0.5)
+    ids = torch.randint(4, 96, (3, 20))
+    labels = ids.masked_fill(torch.arange(20) < 7, -100)  # prompts are not trained
+    labels[1, 12:] = -100  # a shorter answer
+    for count in (None, torch.tensor(40)):  # Trainer passes the number of trained tokens of the whole step
+        results = []
+        for training in (False, True):  # eval: full logits + transformers' loss; train: chunked answer loss
+            model.train(training).zero_grad()
+            out = model(ids, labels=labels, num_items_in_batch=count)
+            out.loss.backward()
+            assert (out.logits is None) == training
+            results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (full, full_grads), (chunked, chunked_grads) = results
+        torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+        for name, grad in full_grads.items():
+            torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    model.train().zero_grad()
+    nothing = model(ids, labels=torch.full_like(ids, -100)).loss  # a batch whose answers were all cut off
+    nothing.backward()
+    assert nothing.item() == 0
+
+
 @pytest.fixture(scope="module")
 def taught_phogpt(tiny_phogpt):
     """The tiny checkpoint taught one answer with AdamW (~40 steps, < 1 s), so greedy decoding says something."""
@@ -328,6 +353,22 @@ def test_tiny_checkpoint_is_phogpt_on_disk_format(tiny_phogpt):
                                           {"role": "user", "content": "Bạn là ai?"}], tokenize=False, add_generation_prompt=True)
     assert chat == "### Câu hỏi: Chào bạn\n### Trả lời: Chào!</s>\n### Câu hỏi: Bạn là ai?\n### Trả lời:"
 
+
+
+def test_running_the_module_writes_a_tiny_phogpt_for_offline_demos(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda *args: subprocess.run([sys.executable, os.path.join(root, "phogpt_model.py"), *args], cwd=root,
+                                       capture_output=True, text=True, timeout=120)
+    done = run("--output", str(tmp_path / "tiny-phogpt"))
+    assert done.returncode == 0, done.stderr
+    model, tokenizer = load_phogpt(str(tmp_path / "tiny-phogpt"))
+    assert model.config.model_type == "mpt" and tokenizer.eos_token_id == 2
+    text = "### Câu hỏi: Trung tâm Tin học Sao Mai ở đâu?\n### Trả lời:"  # words of data/: a few tokens each
+    assert len(tokenizer(text).input_ids) < len(text.encode()) / 3
+    bad = run("--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "other"))
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--data" in bad.stderr
 
 def test_missing_or_unexpected_tensors_are_errors(tiny_phogpt, tmp_path):
     import shutil
