@@ -424,6 +424,8 @@ else:  # padded batches of similar lengths, or (--packing) one row per batch wit
 last = max(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), default=None) if args.resume else None
 if args.resume and last is None:
     fail(f"--resume: no checkpoint-* folder in {out_dir}; fix: drop --resume to start afresh")
+if last:
+    say(f"resuming from {last} (adapter, optimizer, schedule and random state)")
 if cuda:
     torch.cuda.reset_peak_memory_stats()
 started = time.time()

@@ -1,5 +1,5 @@
 """phogpt_qlora.py end to end on a tiny PhoGPT-format checkpoint (CPU, offline)."""
-import json, os, runpy, signal, subprocess, sys
+import json, os, runpy, shutil, signal, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -103,7 +103,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tiny,
     rest = student.stdout.read()
     assert student.wait(timeout=120) == 130, rest
     assert "rerun with --resume" in rest and list((tmp_path / "cut").glob("checkpoint-*"))
-    run(*common, "--output", tmp_path / "cut", "--resume")
+    resumed_run = run(*common, "--output", tmp_path / "cut", "--resume")
+    assert f"resuming from {tmp_path / 'cut' / 'checkpoint-'}" in resumed_run.stdout  # not a fresh start
     whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     resumed = load_file(tmp_path / "cut" / "adapter_model.safetensors")
     assert whole.keys() == resumed.keys()
@@ -206,6 +207,27 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny, trained, tmp_path):
     assert after > before + 1.0, (before, after)
     assert not (tmp_path / "dpo" / "ref").exists()  # only the trained adapter is saved
 
+
+
+def test_dpo_resumes_to_the_weights_of_an_uninterrupted_run(tiny, trained, tmp_path):
+    from safetensors.torch import load_file
+    adapter, _ = trained
+    data = write_jsonl(tmp_path / "dpo.jsonl", [{"prompt": q, "chosen": a, "rejected": FAQ[(i + 1) % len(FAQ)][1]}
+                                                for i, (q, a) in enumerate(FAQ)])
+    common = ["--method", "dpo", "--model", tiny, "--data", data, "--adapter", adapter, "--max-steps", 4,
+              "--save-steps", 2, "--batch-size", 2, "--lr", "1e-3", "--lora-dropout", "0.1"]
+    run(*common, "--output", tmp_path / "whole")
+    run(*common, "--output", tmp_path / "cut")
+    for later in ("checkpoint-4", "adapter_model.safetensors"):  # as if it had stopped after step 2
+        path = tmp_path / "cut" / later
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed_run = run(*common, "--output", tmp_path / "cut", "--resume")
+    assert f"resuming from {tmp_path / 'cut' / 'checkpoint-2'}" in resumed_run.stdout  # not a fresh start
+    whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "cut" / "adapter_model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6)
 
 def test_merge_matches_adapter_on_base(tiny, trained, tmp_path, capsys):
     from peft import PeftModel
