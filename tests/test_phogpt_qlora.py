@@ -50,6 +50,15 @@ def write_jsonl(path, rows):
     return path
 
 
+
+def assert_same_adapter(resumed_dir, whole_dir):
+    """The adapter a resumed run saved equals the one of an uninterrupted run, tensor by tensor."""
+    from safetensors.torch import load_file
+    resumed, whole = (load_file(Path(d) / "adapter_model.safetensors") for d in (resumed_dir, whole_dir))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6)
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     texts = [q + " " + a for q, a in FAQ] + [prompts.PHOGPT_USER_FIRST, prompts.PHOGPT_ASSISTANT, "Xin chào"]
@@ -89,7 +98,6 @@ def test_learns_every_answer_and_stops_at_eos(tiny, trained):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tiny, faq, tmp_path):
-    from safetensors.torch import load_file
     common = ["--model", tiny, "--data", faq, "--max-steps", 60, "--batch-size", 2, "--save-steps", 1000,
               "--recall-limit", -1, *FAST[:-4], "--lora-dropout", "0.1", "--logging-steps", 1]
     run(*common, "--output", tmp_path / "whole")
@@ -105,11 +113,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tiny,
     assert "rerun with --resume" in rest and list((tmp_path / "cut").glob("checkpoint-*"))
     resumed_run = run(*common, "--output", tmp_path / "cut", "--resume")
     assert f"resuming from {tmp_path / 'cut' / 'checkpoint-'}" in resumed_run.stdout  # not a fresh start
-    whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
-    resumed = load_file(tmp_path / "cut" / "adapter_model.safetensors")
-    assert whole.keys() == resumed.keys()
-    for name in whole:
-        torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6)
+    assert_same_adapter(tmp_path / "cut", tmp_path / "whole")
 
 
 BAD_ROWS = {  # file name -> (content, the place the error must name)
@@ -210,7 +214,6 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny, trained, tmp_path):
 
 
 def test_dpo_resumes_to_the_weights_of_an_uninterrupted_run(tiny, trained, tmp_path):
-    from safetensors.torch import load_file
     adapter, _ = trained
     data = write_jsonl(tmp_path / "dpo.jsonl", [{"prompt": q, "chosen": a, "rejected": FAQ[(i + 1) % len(FAQ)][1]}
                                                 for i, (q, a) in enumerate(FAQ)])
@@ -223,11 +226,7 @@ def test_dpo_resumes_to_the_weights_of_an_uninterrupted_run(tiny, trained, tmp_p
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     resumed_run = run(*common, "--output", tmp_path / "cut", "--resume")
     assert f"resuming from {tmp_path / 'cut' / 'checkpoint-2'}" in resumed_run.stdout  # not a fresh start
-    whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
-    resumed = load_file(tmp_path / "cut" / "adapter_model.safetensors")
-    assert whole.keys() == resumed.keys()
-    for name in whole:
-        torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6)
+    assert_same_adapter(tmp_path / "cut", tmp_path / "whole")
 
 def test_merge_matches_adapter_on_base(tiny, trained, tmp_path, capsys):
     from peft import PeftModel
