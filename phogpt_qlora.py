@@ -382,7 +382,7 @@ def pad_batch(batch):
 
 
 class SaveOnCtrlC(TrainerCallback):
-    """First Ctrl+C: finish the step, save a checkpoint, stop. A second one stops at once."""
+    """First Ctrl+C: finish the step, save a checkpoint, stop. A second one stops at once (one process only)."""
     interrupted, tokens_before = False, 0
 
     def __init__(self):
@@ -390,12 +390,17 @@ class SaveOnCtrlC(TrainerCallback):
 
     def interrupt(self, *_):
         SaveOnCtrlC.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not torch.distributed.is_initialized():  # torchrun sends its own Ctrl+C too: it must not abort the save
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_train_begin(self, args, state, control, **kwargs):  # after a resume: tokens seen before it
         SaveOnCtrlC.tokens_before = state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
+        if torch.distributed.is_initialized():  # every process stops after the same step, or one waits forever
+            flag = torch.tensor([float(self.interrupted)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            SaveOnCtrlC.interrupted = bool(flag.item())
         if self.interrupted:
             control.should_save = control.should_training_stop = True
 

@@ -246,19 +246,60 @@ def test_merge_matches_adapter_on_base(tiny, trained, tmp_path, capsys):
     assert code == 1 and "can't merge an adapter into a 4bit base" in err
 
 
-def test_torchrun_with_two_processes(tiny, faq, tmp_path):
+def torchrun(*args):
+    """The command line of phogpt_qlora.py under torchrun with 2 CPU processes."""
     import socket
     with socket.socket() as s:  # a free port, so parallel test runs don't collide
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    return [str(a) for a in [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_port", port,
+                             SCRIPT, *args]]
+
+
+def test_torchrun_with_two_processes(tiny, faq, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(a) for a in [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-                           SCRIPT, "--model", tiny, "--data", faq, "--output", tmp_path / "ddp", "--max-steps", 4,
-                           "--batch-size", 3, "--recall-limit", 2, *FAST]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(torchrun("--model", tiny, "--data", faq, "--output", tmp_path / "ddp", "--max-steps", 4,
+                                   "--batch-size", 3, "--recall-limit", 2, *FAST),
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "training_summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens_seen"] > 0
     assert (tmp_path / "ddp" / "adapter_model.safetensors").exists()
+
+
+def test_ctrl_c_in_one_torchrun_process_stops_both_after_the_same_step(tiny, faq, tmp_path):
+    common = ["--model", tiny, "--data", faq, "--output", tmp_path / "ddp", "--max-steps", 40, "--batch-size", 1,
+              "--recall-limit", -1, "--save-steps", 1000, *FAST[:-2], "--logging-steps", 1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launcher = subprocess.Popen(torchrun(*common), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for line in launcher.stdout:
+            if "'loss'" in line:  # training runs: Ctrl+C reaches rank 1 only (without a shared flag, rank 0 hangs)
+                rank1 = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_rank1_of(int(p), launcher.pid)]
+                assert len(rank1) == 1
+                os.kill(rank1[0], signal.SIGINT)
+                break
+        rest = launcher.communicate(timeout=120)[0]
+    finally:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)  # nothing left running, even if the test failed
+        except ProcessLookupError:
+            pass
+    assert "rerun with --resume" in rest, rest[-3000:]
+    checkpoints = list((tmp_path / "ddp").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "adapter_model.safetensors").exists()
+    done = subprocess.run(torchrun(*common, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "training_summary.json").read_text())["steps"] == 40
+
+
+def _is_rank1_of(pid, launcher_pid):
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return parent == launcher_pid and b"LOCAL_RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def test_packing_gives_the_same_loss_as_padded_batches(tiny, faq, tmp_path):
