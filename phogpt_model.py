@@ -512,11 +512,17 @@ if __name__ == "__main__":  # python phogpt_model.py: a tiny PhoGPT to try phogp
     parser.add_argument("--output", default="tiny-phogpt", help="folder to write")
     parser.add_argument("--data", default="data", help="a .jsonl file, or a folder of them, to train the tokenizer on")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of an --output that exists")
     args = parser.parse_args()
+    if os.path.isdir(args.output) and os.listdir(args.output) and not args.overwrite:
+        raise SystemExit(f"error: --output {args.output} already exists; fix: add --overwrite or pick another --output")
     files = sorted(glob.glob(os.path.join(args.data, "*.jsonl"))) if os.path.isdir(args.data) else [args.data]
     if not files or not all(os.path.isfile(f) for f in files):
         raise SystemExit(f"error: --data {args.data}: no .jsonl file there; fix: point it at data/ or a .jsonl file")
-    texts = [prompts.nfc(line) for name in files for line in open(name, encoding="utf-8")]
+    try:
+        texts = [prompts.nfc(line) for name in files for line in open(name, encoding="utf-8")]
+    except UnicodeDecodeError:
+        raise SystemExit(f"error: --data {args.data}: not UTF-8 text; fix: save the file as UTF-8") from None
     texts += [prompts.PHOGPT_USER_FIRST + prompts.PHOGPT_ASSISTANT, prompts.INSTRUCT_USER + prompts.INSTRUCT_ASSISTANT]
     save_tiny_checkpoint(args.output, texts, seed=args.seed)
     print(f"wrote a tiny random PhoGPT ({', '.join(sorted(os.listdir(args.output)))}) to {args.output}")

@@ -167,7 +167,7 @@ def t4_estimate(config, load_in, checkpointing):
     per_layer = batch_tokens * 34 * d  # fp16 activations (Korthikanti et al. 2022); fused attention keeps no scores
     activations = batch_tokens * d * 2 * layers + per_layer if checkpointing else per_layer * layers
     bias = 2 * heads * (batch_tokens**2 if args.packing else len(biggest) * biggest[-1] ** 2)  # ALiBi + masks, shared
-    loss = phogpt_model.LOSS_CHUNK * 14  # one chunk of the answer loss: logits in fp16 and fp32, and gradients
+    loss = LOSS_CHUNK * 14  # one chunk of the answer loss: logits in fp16 and fp32, and gradients
     passes = 3 if checkpointing else 2  # forward, backward (frozen weights: no weight gradients), recompute
     steps = math.ceil(len(lengths) / args.batch_size) * args.epochs
     seconds = (sum(lengths) * args.epochs * 2 * passes * (linear + vocab * d) / T4_FLOPS  # matmuls
@@ -206,8 +206,7 @@ def answer_recall(model, tokenizer, examples, limit):
 
 
 # ---- what to do, with which model ----
-import phogpt_model
-from phogpt_model import PhoGPTConfig, load_phogpt, load_tokenizer, pick_dtype
+from phogpt_model import LOSS_CHUNK, PhoGPTConfig, load_phogpt, load_tokenizer, pick_dtype
 adapter_base = None
 if args.adapter:
     adapter_config = Path(args.adapter, "adapter_config.json")

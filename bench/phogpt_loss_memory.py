@@ -28,6 +28,8 @@ parser.add_argument("--max-length", type=int, default=1024, help="tokens per row
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 parser.add_argument("--variant", choices=["full", "chunked"], help=argparse.SUPPRESS)  # one measurement, in a child
 args = parser.parse_args()
+if args.device == "cuda" and not torch.cuda.is_available():
+    sys.exit("error: --device cuda, but PyTorch sees no CUDA GPU; fix: run on a GPU machine or use --device cpu")
 
 
 def peak_bytes():

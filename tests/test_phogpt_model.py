@@ -354,7 +354,6 @@ def test_tiny_checkpoint_is_phogpt_on_disk_format(tiny_phogpt):
     assert chat == "### Câu hỏi: Chào bạn\n### Trả lời: Chào!</s>\n### Câu hỏi: Bạn là ai?\n### Trả lời:"
 
 
-
 def test_running_the_module_writes_a_tiny_phogpt_for_offline_demos(tmp_path):
     import subprocess
     import sys
@@ -369,6 +368,10 @@ def test_running_the_module_writes_a_tiny_phogpt_for_offline_demos(tmp_path):
     assert len(tokenizer(text).input_ids) < len(text.encode()) / 3
     bad = run("--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "other"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--data" in bad.stderr
+    again = run("--output", str(tmp_path / "tiny-phogpt"))  # never overwrites a folder silently
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
+    assert run("--output", str(tmp_path / "tiny-phogpt"), "--overwrite").returncode == 0
+
 
 def test_missing_or_unexpected_tensors_are_errors(tiny_phogpt, tmp_path):
     import shutil

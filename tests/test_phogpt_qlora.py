@@ -50,7 +50,6 @@ def write_jsonl(path, rows):
     return path
 
 
-
 def assert_same_adapter(resumed_dir, whole_dir):
     """The adapter a resumed run saved equals the one of an uninterrupted run, tensor by tensor."""
     from safetensors.torch import load_file
@@ -58,6 +57,7 @@ def assert_same_adapter(resumed_dir, whole_dir):
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6)
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -212,7 +212,6 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny, trained, tmp_path):
     assert not (tmp_path / "dpo" / "ref").exists()  # only the trained adapter is saved
 
 
-
 def test_dpo_resumes_to_the_weights_of_an_uninterrupted_run(tiny, trained, tmp_path):
     adapter, _ = trained
     data = write_jsonl(tmp_path / "dpo.jsonl", [{"prompt": q, "chosen": a, "rejected": FAQ[(i + 1) % len(FAQ)][1]}
@@ -227,6 +226,7 @@ def test_dpo_resumes_to_the_weights_of_an_uninterrupted_run(tiny, trained, tmp_p
     resumed_run = run(*common, "--output", tmp_path / "cut", "--resume")
     assert f"resuming from {tmp_path / 'cut' / 'checkpoint-2'}" in resumed_run.stdout  # not a fresh start
     assert_same_adapter(tmp_path / "cut", tmp_path / "whole")
+
 
 def test_merge_matches_adapter_on_base(tiny, trained, tmp_path, capsys):
     from peft import PeftModel
