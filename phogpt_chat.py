@@ -84,6 +84,7 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0, to
     """
     from transformers import (DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StaticCache,
                               TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    from phogpt_model import CACHE_NAME
     start = time.perf_counter()
     warpers = LogitsProcessorList()  # same order as transformers' generate()
     if repetition_penalty != 1.0:
@@ -111,7 +112,7 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0, to
     new_ids, answer_ids, shown, first_token_s = prompt_ids[reused:], [], "", None
     for _ in range(max_new_tokens):
         forward = state["step"] if len(new_ids) == 1 and state.get("step") is not None else model  # prefill: eager
-        logits = forward(input_ids=torch.tensor([new_ids], device=device), past_key_values=state["cache"],
+        logits = forward(input_ids=torch.tensor([new_ids], device=device), **{CACHE_NAME: state["cache"]},
                          use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
         state["ids"] = state["ids"] + new_ids
         logits = warpers(all_ids, logits)

@@ -25,6 +25,10 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+# transformers 5.24 renamed the KV cache past_key_values -> cache, in forward() and in outputs; 5.23 has
+# only the old name. Our forward takes both; outputs use the name of the installed release.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 # PhoGPT-4B-Chat's published config.json (the tiny checkpoints are written from it).
 PHOGPT_4B_CHAT_CONFIG = {
     "architectures": ["MPTForCausalLM"],
@@ -154,14 +158,14 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(d, 3 * d, bias=bias)
         self.out_proj = nn.Linear(d, d, bias=bias)
 
-    def forward(self, x, attn_bias, past_key_values=None):
+    def forward(self, x, attn_bias, cache=None):
         B, T, C = x.shape
         qkv = self.Wqkv(x)
         if self.clip_qkv:
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
         q, k, v = qkv.view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype), scale=self.softmax_scale,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
@@ -189,8 +193,8 @@ class PhoGPTBlock(GradientCheckpointingLayer):
         self.ffn = MLP(config)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, attn_bias, past_key_values=None, **kwargs):
-        x = x + self.resid_dropout(self.attn(self.norm_1(x), attn_bias, past_key_values))
+    def forward(self, x, attn_bias, cache=None, **kwargs):
+        x = x + self.resid_dropout(self.attn(self.norm_1(x), attn_bias, cache))
         return x + self.resid_dropout(self.ffn(self.norm_2(x)))
 
 
@@ -266,10 +270,11 @@ class PhoGPTModel(PhoGPTPreTrainedModel):
             return bias.masked_fill_(~allowed, float("-inf"))
         return bias.masked_fill(~allowed, float("-inf"))  # (B, H, q, k) with a padding mask
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 use_cache=None, cache_position=None, inputs_embeds=None, **kwargs):
+        cache = kwargs.pop("past_key_values", cache)  # the name transformers 5.23 uses
         if use_cache is None:  # a cache passed in is used; otherwise the config decides (PhoGPT's says False)
-            use_cache = past_key_values is not None or self.config.use_cache
+            use_cache = cache is not None or self.config.use_cache
         if self.blocks[0].gradient_checkpointing and self.training:
             use_cache = False
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
@@ -277,20 +282,20 @@ class PhoGPTModel(PhoGPTPreTrainedModel):
         if f != 1:  # llm-foundry's trick to damp embedding gradients
             x = x * f + x.detach() * (1 - f)
         x = self.emb_drop(x)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if not use_cache:
-            past_key_values = None
+            cache = None
         q_len = x.shape[1]
         past_len, kv_len = 0, q_len
-        if past_key_values is not None:
-            past_len = past_key_values.get_seq_length() if cache_position is None else cache_position[0]
-            kv_len = past_key_values.get_mask_sizes(q_len, 0)[0]
+        if cache is not None:
+            past_len = cache.get_seq_length() if cache_position is None else cache_position[0]
+            kv_len = cache.get_mask_sizes(q_len, 0)[0]
         bias_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         attn_bias = self.attention_bias(attention_mask, position_ids, past_len, q_len, kv_len, x.device, bias_dtype)
         for block in self.blocks:
-            x = block(x, attn_bias, past_key_values=past_key_values)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm_f(x), past_key_values=past_key_values)
+            x = block(x, attn_bias, cache=cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm_f(x), **{CACHE_NAME: cache})
 
 
 class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
@@ -302,22 +307,24 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # tied to wte: logits = h @ wte.T
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, labels=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, labels=None,
                 use_cache=None, cache_position=None, inputs_embeds=None, logits_to_keep=0, **kwargs):
+        cache = kwargs.pop("past_key_values", cache)  # the name transformers 5.23 uses
         out = self.transformer(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=use_cache, cache_position=cache_position,
+                               cache=cache, use_cache=use_cache, cache_position=cache_position,
                                inputs_embeds=inputs_embeds)
+        cache = getattr(out, CACHE_NAME)
         x = out.last_hidden_state
         if labels is not None and self.training and torch.is_grad_enabled():  # training: loss only, no logits
             loss = self.answer_loss(x, labels, kwargs.get("num_items_in_batch"))
-            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
+            return CausalLMOutputWithPast(loss=loss, logits=None, **{CACHE_NAME: cache})
         if logits_to_keep:  # generate() only needs the last position's logits
             x = x[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else x[:, logits_to_keep]
         logits = self.logits(x)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: cache})
 
     def logits(self, x):
         logits = self.lm_head(x)
@@ -346,11 +353,12 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
     def summed_cross_entropy(self, x, targets):
         return F.cross_entropy(self.logits(x).float(), targets, reduction="sum")
 
-    def create_masks_for_generate(self, attention_mask=None, past_key_values=None, **kwargs):
+    def create_masks_for_generate(self, attention_mask=None, cache=None, **kwargs):
         """generate() with a static cache: keep the 2D padding mask, padded to the cache length (fixed shapes)."""
+        cache = kwargs.pop("past_key_values", cache)  # the name transformers 5.23 uses
         if attention_mask is None or attention_mask.dim() != 2:
             return attention_mask
-        kv_len = past_key_values.get_max_cache_shape() if past_key_values is not None else -1
+        kv_len = cache.get_max_cache_shape() if cache is not None else -1
         if isinstance(kv_len, int) and kv_len > attention_mask.shape[-1]:
             attention_mask = F.pad(attention_mask, (0, kv_len - attention_mask.shape[-1]))
         return attention_mask

@@ -360,7 +360,7 @@ if args.gradient_checkpointing == "auto" and cuda and args.method == "sft":
         say(f"warning: batch {args.batch_size} x {max(lengths)} tokens may not fit in {budget:.0f} GiB even with "
             f"checkpointing; if it runs out of memory, try --batch-size {max(1, args.batch_size // 4)}")
 if checkpointing:
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 if args.method == "dpo":
     model = PeftModel.from_pretrained(base, args.adapter, is_trainable=True)
 else:

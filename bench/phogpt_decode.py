@@ -18,7 +18,7 @@ import torch
 from transformers import StaticCache
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from phogpt_model import PHOGPT_4B_CHAT_CONFIG, PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from phogpt_model import CACHE_NAME, PHOGPT_4B_CHAT_CONFIG, PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--histories", default="64,2048", help="prompt lengths (tokens) before decoding")
@@ -65,7 +65,7 @@ def measure(model, history, static=False):
     times = {1: [], new_tokens + 1: []}
     for n in [1, new_tokens + 1] * 4:  # the first pair warms up (and compiles); then the best of three
         if static:  # one cache size for every call, so the compiled decode step is reused, not recompiled
-            kwargs["past_key_values"] = StaticCache(config=model.config, max_cache_len=history + new_tokens + 1)
+            kwargs[CACHE_NAME] = StaticCache(config=model.config, max_cache_len=history + new_tokens + 1)
         sync()
         start = time.perf_counter()
         out = model.generate(ids, attention_mask=mask, min_new_tokens=n, max_new_tokens=n, **kwargs)

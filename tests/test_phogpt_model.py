@@ -3,13 +3,17 @@ the stack (generate, caches, packing, LoRA, 4-bit, checkpointing). CPU, offline,
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from phogpt_model import (PhoGPTConfig, PhoGPTForCausalLM, alibi_slopes, load_phogpt, load_tokenizer, pick_dtype,
+from conftest import ROOT
+
+from phogpt_model import (CACHE_NAME, PhoGPTConfig, PhoGPTForCausalLM, alibi_slopes, load_phogpt, load_tokenizer, pick_dtype,
                           save_tiny_checkpoint)
 
 # The published config.json files, written out (vinai/PhoGPT-4B-Chat and vinai/PhoGPT-7B5-Instruct).
@@ -321,6 +325,37 @@ def test_left_padded_batch_generates_what_single_rows_generate(taught_phogpt):
         assert row[-8:].tolist() == single[0, -8:].tolist()
 
 
+def test_left_padded_batch_generates_the_same_with_and_without_cache(taught_phogpt):
+    model, tokenizer = taught_phogpt
+    tokenizer.padding_side = "left"
+    questions = ["### Câu hỏi: Xin chào\n### Trả lời:", "### Câu hỏi: Hà Nội ở đâu?\n### Trả lời:"]
+    inputs = tokenizer(questions, return_tensors="pt", padding=True)
+    assert (inputs.attention_mask == 0).any()  # really padded
+    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=None)
+    cached = model.generate(**inputs, use_cache=True, **kwargs)
+    uncached = model.generate(**inputs, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+def test_generate_and_training_print_no_deprecation_notice(tiny_phogpt):
+    """Run in a fresh process: transformers prints each deprecation notice only once per process."""
+    code = f"""
+import warnings
+warnings.simplefilter("always")
+import torch
+from phogpt_model import load_phogpt
+model, tokenizer = load_phogpt({tiny_phogpt!r})
+ids = tokenizer(["Xin chào"], return_tensors="pt")
+model.generate(**ids, max_new_tokens=4, do_sample=False)
+model.activation_checkpointing_enable()
+model.train()
+model(ids.input_ids, labels=ids.input_ids).loss.backward()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "deprecat" not in out.stderr.lower(), out.stderr
+
+
 def test_static_cache_decode_step_compiles_without_graph_breaks(tiny_phogpt):
     from transformers import StaticCache
     model, tokenizer = load_phogpt(tiny_phogpt)
@@ -328,9 +363,9 @@ def test_static_cache_decode_step_compiles_without_graph_breaks(tiny_phogpt):
     cache = StaticCache(config=model.config, max_cache_len=37)  # not a multiple of 16, as in real use
     mask = F.pad(torch.ones(1, ids.shape[1] + 1, dtype=torch.long), (0, 37 - ids.shape[1] - 1))
     with torch.no_grad():
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, **{CACHE_NAME: cache}, use_cache=True)
         step = torch.compile(model.forward, backend="eager", fullgraph=True)  # fullgraph: any break is an error
-        compiled = step(ids[:, -1:], past_key_values=cache, use_cache=True, attention_mask=mask).logits
+        compiled = step(ids[:, -1:], **{CACHE_NAME: cache}, use_cache=True, attention_mask=mask).logits
         expected = model(torch.cat([ids, ids[:, -1:]], dim=1)).logits[:, -1]  # the same step without a cache
     assert (compiled[:, -1] - expected).abs().max() < 1e-4
 
