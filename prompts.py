@@ -20,6 +20,17 @@ INSTRUCT_USER = "### Câu hỏi:\n"
 INSTRUCT_ASSISTANT = "\n\n### Trả lời:"
 INSTRUCT_TURN_SEPARATOR = "\n\n"  # between turns of a multi-turn conversation (not in the original)
 
+# The same template as PhoGPT-4B-Chat's tokenizer_config.json writes it (Jinja), for tokenizer files.
+PHOGPT_CHAT_TEMPLATE_JINJA = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'user' and loop.first %}"
+    "{{ '### Câu hỏi: ' + message['content'].strip() }}{% elif message['role'] == 'user' %}"
+    "{{ '\n### Câu hỏi: ' + message['content'].strip() }}{% elif message['role'] == 'assistant' %}"
+    "{{ '\n### Trả lời: ' + message['content'] + eos_token }}{% endif %}{% if loop.last %}"
+    "{% if message['role'] == 'user' and add_generation_prompt %}{{ '\n### Trả lời:' }}{% endif %}{% endif %}"
+    "{% endfor %}"
+)
+
 # A line that starts a new question: generation stops here even if the model misses EOS.
 STOP_STRINGS = {"chat": PHOGPT_USER_NEXT.rstrip(), "instruct": "\n### Câu hỏi:"}
 

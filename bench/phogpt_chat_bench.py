@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import prompts  # noqa: E402
 from phogpt_chat import fit_history, stream_answer  # noqa: E402
-from phogpt_model import PHOGPT_4B_CHAT_CONFIG, PhoGPTConfig, PhoGPTForCausalLM, load_tokenizer, save_tiny_checkpoint  # noqa: E402
+from phogpt_model import PhoGPTConfig, PhoGPTForCausalLM, load_tokenizer  # noqa: E402
+from tiny_phogpt import PHOGPT_4B_CHAT_CONFIG, save_tiny_checkpoint  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--turns", type=int, default=10, help="questions in the conversation")

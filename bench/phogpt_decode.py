@@ -18,7 +18,8 @@ import torch
 from transformers import StaticCache
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from phogpt_model import CACHE_NAME, PHOGPT_4B_CHAT_CONFIG, PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from phogpt_model import CACHE_NAME, PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from tiny_phogpt import PHOGPT_4B_CHAT_CONFIG  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--histories", default="64,2048", help="prompt lengths (tokens) before decoding")

@@ -19,7 +19,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from phogpt_model import PHOGPT_4B_CHAT_CONFIG, PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from phogpt_model import PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from tiny_phogpt import PHOGPT_4B_CHAT_CONFIG  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--vocab-size", type=int, default=250880, help="250880 = PhoGPT-7B5, 20480 = PhoGPT-4B")

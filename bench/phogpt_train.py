@@ -23,7 +23,7 @@ args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import torch
-from phogpt_model import save_tiny_checkpoint
+from tiny_phogpt import save_tiny_checkpoint
 
 if not args.smoke and not torch.cuda.is_available():
     print("error: this benchmark needs a CUDA GPU (none is visible); fix: run it on a GPU, or use --smoke on a CPU")

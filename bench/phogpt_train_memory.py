@@ -20,7 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from phogpt_model import PHOGPT_4B_CHAT_CONFIG, PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from phogpt_model import PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from tiny_phogpt import PHOGPT_4B_CHAT_CONFIG  # noqa: E402
 
 SHAPES = {"4b": {}, "7b5": dict(d_model=4096, n_heads=32, max_seq_len=2048, vocab_size=250880),
           "tiny": dict(d_model=192, n_heads=6, n_layers=2, vocab_size=512, max_seq_len=512)}

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # tests import the top-level scripts and modules
 
 import prompts  # noqa: E402
-from phogpt_model import save_tiny_checkpoint  # noqa: E402
+from tiny_phogpt import save_tiny_checkpoint  # noqa: E402
 
 
 def _strings(value):

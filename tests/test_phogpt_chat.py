@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import phogpt_chat  # noqa: E402  (functions only: the script body runs under __main__)
 import prompts  # noqa: E402
-from phogpt_model import load_phogpt, save_tiny_checkpoint  # noqa: E402
+from phogpt_model import load_phogpt  # noqa: E402
+from tiny_phogpt import save_tiny_checkpoint  # noqa: E402
 
 GREETING = "Công ty BICweb kính chào quý khách!"
 CHATS = [

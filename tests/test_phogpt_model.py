@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
 
-from phogpt_model import (CACHE_NAME, PhoGPTConfig, PhoGPTForCausalLM, alibi_slopes, load_phogpt, load_tokenizer, pick_dtype,
-                          save_tiny_checkpoint)
+from phogpt_model import (CACHE_NAME, PhoGPTConfig, PhoGPTForCausalLM, alibi_slopes, load_phogpt, load_tokenizer, pick_dtype)
 
 # The published config.json files, written out (vinai/PhoGPT-4B-Chat and vinai/PhoGPT-7B5-Instruct).
 ATTN_CONFIG = {"alibi": True, "alibi_bias_max": 8, "attn_impl": "torch", "attn_pdrop": 0.0,
@@ -393,7 +392,7 @@ def test_running_the_module_writes_a_tiny_phogpt_for_offline_demos(tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = lambda *args: subprocess.run([sys.executable, os.path.join(root, "phogpt_model.py"), *args], cwd=root,
+    run = lambda *args: subprocess.run([sys.executable, os.path.join(root, "tiny_phogpt.py"), *args], cwd=root,
                                        capture_output=True, text=True, timeout=120)
     done = run("--output", str(tmp_path / "tiny-phogpt"))
     assert done.returncode == 0, done.stderr

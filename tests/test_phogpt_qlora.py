@@ -8,7 +8,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import prompts  # noqa: E402
-from phogpt_model import load_phogpt, save_tiny_checkpoint  # noqa: E402
+from phogpt_model import load_phogpt  # noqa: E402
+from tiny_phogpt import save_tiny_checkpoint  # noqa: E402
 
 SCRIPT = str(ROOT / "phogpt_qlora.py")
 FAQ = [
