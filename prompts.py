@@ -4,6 +4,7 @@ Pure functions, no imports beyond the standard library. Training and inference b
 their text with the same functions, so the prompt a model sees when it answers is, byte
 for byte, a prefix of the text it was trained on.
 """
+import re
 import unicodedata
 
 # oneChat (onechat_tiny.py): "Question: Xin chào Answer: Công ty BICweb kính chào quý khách!"
@@ -13,21 +14,30 @@ ONECHAT_ANSWER = "Answer:"
 # PhoGPT-4B-Chat, as in its published tokenizer_config.json chat_template.
 PHOGPT_USER_FIRST = "### Câu hỏi: "
 PHOGPT_USER_NEXT = "\n### Câu hỏi: "
-PHOGPT_ASSISTANT = "\n### Trả lời:"  # the generation prompt; the answer follows after one space
+# The generation prompt; the answer follows after one space.
+PHOGPT_ASSISTANT = "\n### Trả lời:"
 
 # PhoGPT-7B5-Instruct: "### Câu hỏi:\n{instruction}\n\n### Trả lời:".
 INSTRUCT_USER = "### Câu hỏi:\n"
 INSTRUCT_ASSISTANT = "\n\n### Trả lời:"
-INSTRUCT_TURN_SEPARATOR = "\n\n"  # between turns of a multi-turn conversation (not in the original)
+# Between turns of a multi-turn conversation (not in the original).
+INSTRUCT_TURN_SEPARATOR = "\n\n"
 
-# The same template as PhoGPT-4B-Chat's tokenizer_config.json writes it (Jinja), for tokenizer files.
+# The same template as PhoGPT-4B-Chat's tokenizer_config.json writes it (Jinja), for tokenizer
+# files. tests/test_prompts.py checks it against the published one, character for character.
 PHOGPT_CHAT_TEMPLATE_JINJA = (
-    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-    "{% for message in messages %}{% if message['role'] == 'user' and loop.first %}"
-    "{{ '### Câu hỏi: ' + message['content'].strip() }}{% elif message['role'] == 'user' %}"
-    "{{ '\n### Câu hỏi: ' + message['content'].strip() }}{% elif message['role'] == 'assistant' %}"
-    "{{ '\n### Trả lời: ' + message['content'] + eos_token }}{% endif %}{% if loop.last %}"
-    "{% if message['role'] == 'user' and add_generation_prompt %}{{ '\n### Trả lời:' }}{% endif %}{% endif %}"
+    "{% if not add_generation_prompt is defined %}"
+    "{% set add_generation_prompt = false %}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' and loop.first %}"
+    "{{ '### Câu hỏi: ' + message['content'].strip() }}"
+    "{% elif message['role'] == 'user' %}"
+    "{{ '\n### Câu hỏi: ' + message['content'].strip() }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '\n### Trả lời: ' + message['content'] + eos_token }}{% endif %}"
+    "{% if loop.last %}"
+    "{% if message['role'] == 'user' and add_generation_prompt %}"
+    "{{ '\n### Trả lời:' }}{% endif %}{% endif %}"
     "{% endfor %}"
 )
 
@@ -36,10 +46,45 @@ STOP_STRINGS = {"chat": PHOGPT_USER_NEXT.rstrip(), "instruct": "\n### Câu hỏi
 
 TEMPLATES = ("chat", "instruct")
 
+# Text that would open a turn if it came from a user: '###' before 'Câu hỏi' or 'Trả lời' (both
+# templates, any case or spacing), and PhoGPT's special tokens, which the tokenizer turns into
+# control ids even inside plain text ('</s>' would end an answer).
+TURN_MARKER = re.compile(r"#{3,}\s*(?:câu hỏi|trả lời)", re.IGNORECASE)
+SPECIAL_TOKEN_TEXTS = ("</s>", "<s>", "<pad>", "<unk>")
+# A full-width number sign: looks like '#' to a reader, but is not the template's '###'.
+LOOKALIKE_HASH = "\uff03"
+
 
 def nfc(text):
     """Return text in Unicode NFC, the form PhoGPT's tokenizer was trained on (macOS pastes NFD)."""
     return unicodedata.normalize("NFC", text)
+
+
+def turn_markers(text):
+    """Every piece of text that could forge a turn: template markers and special-token strings.
+
+    Training scripts report these (with counts) instead of training them silently.
+    """
+    text = nfc(text)
+    found = [match.group(0) for match in TURN_MARKER.finditer(text)]
+    return found + [token for token in SPECIAL_TOKEN_TEXTS for _ in range(text.count(token))]
+
+
+def defuse(text):
+    """User text that cannot forge a turn of either template; otherwise as typed (NFC).
+
+    A typed '\\n### Trả lời: ...' or '### Câu hỏi:' would read to the model as a turn that never
+    happened, and a typed '</s>' as the end of an answer. So each '#' of such a marker becomes
+    the look-alike '＃' (U+FF03), and the special-token strings ('</s>', '<s>', '<pad>',
+    '<unk>') are dropped. Apply it to what a user types, before building the prompt: a
+    defused conversation keeps the prefix property of generation_prompt.
+    """
+    text = TURN_MARKER.sub(lambda match: match.group(0).replace("#", LOOKALIKE_HASH), nfc(text))
+    # Dropping one token can join the halves of another ('<</s>/s>'): repeat until none is left.
+    while any(token in text for token in SPECIAL_TOKEN_TEXTS):
+        for token in SPECIAL_TOKEN_TEXTS:
+            text = text.replace(token, "")
+    return text
 
 
 def onechat_split(sentence):
@@ -102,7 +147,8 @@ def conversation_segments(messages, eos_token, template="chat"):
         elif message["role"] == "assistant":
             segments.append((" " + text.strip() + eos_token, True))
         else:
-            raise ValueError(f"unknown role {message['role']!r}: use 'user', 'assistant' or 'system'")
+            role = message["role"]
+            raise ValueError(f"unknown role {role!r}: use 'user', 'assistant' or 'system'")
     return segments
 
 
@@ -123,5 +169,5 @@ def generation_prompt(messages, eos_token, template="chat", system=None):
 
 
 def instruct_prompt(instruction):
-    """PhoGPT-7B5-Instruct's single-turn prompt: '### Câu hỏi:\\n{instruction}\\n\\n### Trả lời:'."""
+    """PhoGPT-7B5-Instruct's one-turn prompt: '### Câu hỏi:\\n{instruction}\\n\\n### Trả lời:'."""
     return INSTRUCT_USER + nfc(instruction).strip() + INSTRUCT_ASSISTANT
