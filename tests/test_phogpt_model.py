@@ -454,6 +454,92 @@ def test_load_errors_are_one_clear_line(tmp_path):
     assert pick_dtype("cpu") == torch.float32
 
 
+class CodeInAPickle:
+    """Unpickling this runs a shell command: what a hostile pytorch_model.bin would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cut_in_half(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def as_bin(folder, path, spoil):
+    """Replace the safetensors weights by pytorch_model.bin, then spoil it."""
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, path)
+    spoil(path)
+
+
+# (file, how it is spoiled): each must give one line naming the file, never a traceback.
+DAMAGED_FILES = {
+    "truncated safetensors": ("model.safetensors", lambda f, p: cut_in_half(p)),
+    "empty safetensors": ("model.safetensors", lambda f, p: p.write_bytes(b"")),
+    "garbled safetensors header": ("model.safetensors",
+                                   lambda f, p: p.write_bytes(p.read_bytes()[:8] + b"x" * 99)),
+    "UTF-16 config.json": ("config.json",
+                           lambda f, p: p.write_bytes(p.read_text("utf-8").encode("utf-16"))),
+    "garbled config.json": ("config.json", lambda f, p: p.write_bytes(b"\x80\x81{garbage")),
+    "truncated config.json": ("config.json", lambda f, p: cut_in_half(p)),
+    "garbled tokenizer.json": ("tokenizer.json", lambda f, p: p.write_bytes(bytes(range(256)))),
+    "truncated tokenizer.json": ("tokenizer.json", lambda f, p: cut_in_half(p)),
+    "empty tokenizer_config.json": ("tokenizer_config.json", lambda f, p: p.write_bytes(b"")),
+    "truncated pytorch_model.bin": ("pytorch_model.bin", lambda f, p: as_bin(f, p, cut_in_half)),
+    "garbage pytorch_model.bin": ("pytorch_model.bin",
+                                  lambda f, p: as_bin(f, p, lambda p: p.write_bytes(b"\x80" * 99))),
+    "empty pytorch_model.bin": ("pytorch_model.bin",
+                                lambda f, p: as_bin(f, p, lambda p: p.write_bytes(b""))),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_FILES)
+def test_a_damaged_file_is_one_line_naming_it_and_the_fix(tiny_phogpt, tmp_path, case):
+    import shutil
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_phogpt, folder)
+    name, spoil = DAMAGED_FILES[case]
+    spoil(folder, folder / name)
+    loaders = [load_phogpt]
+    if name.startswith("tokenizer"):
+        loaders.append(load_tokenizer)
+    for loader in loaders:
+        with pytest.raises(OSError) as err:
+            loader(str(folder))
+        message = str(err.value)
+        assert "\n" not in message
+        assert str(folder / name) in message and "fix:" in message
+
+
+def test_a_pickle_holding_code_is_refused_in_one_line_and_never_run(tiny_phogpt, tmp_path):
+    import pickle
+    import shutil
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_phogpt, folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "the_pickle_ran"
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"transformer.wte.weight": CodeInAPickle(marker)}, f)
+    code = f"""
+from phogpt_model import load_phogpt
+try:
+    load_phogpt({str(folder)!r})
+except OSError as err:
+    print(f"error: {{err}}")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert not marker.exists()
+    assert done.stdout.startswith("error: ") and done.stdout.count("\n") == 1, done.stdout
+    assert str(folder / "pytorch_model.bin") in done.stdout and "fix:" in done.stdout
+    # Nothing else reaches the student: no traceback, no torch notice about the pickle.
+    assert "Traceback" not in done.stderr and "pickle" not in done.stderr, done.stderr
+
+
 def test_trust_remote_code_only_when_asked(tiny_phogpt):
     with pytest.raises(OSError, match="no remote code"):
         load_phogpt(tiny_phogpt, trust_remote_code=True)
