@@ -15,6 +15,7 @@ PhoGPT's vocabulary, merges and chat template. q8_0 and q4_k_m are made by llama
 """
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -105,9 +106,8 @@ if args.gguf != "none":
             fail(f"--gguf {args.gguf} is made by llama.cpp's quantiser; "
                  "fix: pip install llama-cpp-python (or pick --gguf f16)")
 if llama_cpp is not None:
-    # llama.cpp logs every tensor it reads or quantises to stderr: nothing a student needs
-    quiet_llama_cpp = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
-    llama_cpp.llama_log_set(quiet_llama_cpp, None)
+    # llama.cpp logs every tensor it reads or quantises, through this logger: errors only
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 # torch after the flags: --help and flag errors stay instant
 import numpy as np

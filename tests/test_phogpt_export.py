@@ -1,0 +1,400 @@
+"""phogpt_export.py checked against llama.cpp itself (llama-cpp-python), on tiny PhoGPTs (CPU).
+
+llama.cpp's MPT was written by other people: an exported tiny PhoGPT that gives our greedy
+tokens, our logits and our tokenization there is an independent check of phogpt_model.py too.
+The tiny models have 6 heads, so ALiBi's slope interleave (heads not a power of two) is used.
+"""
+import json
+import logging
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import prompts  # noqa: E402
+from phogpt_model import load_phogpt  # noqa: E402
+from tiny_phogpt import save_tiny_checkpoint  # noqa: E402
+
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="needs llama-cpp-python (pip install llama-cpp-python gguf; "
+    "it builds llama.cpp from source, ~6 min once)")
+gguf = pytest.importorskip("gguf", reason="needs the gguf package (pip install gguf)")
+
+SCRIPT = str(ROOT / "phogpt_export.py")
+# what the tiny bases are taught (full fine-tune), so greedy tokens are well separated
+GREETINGS = [
+    ("Xin chào", "Chào bạn! Tôi là PhoGPT, một trợ lý ảo tiếng Việt. Tôi có thể giúp gì cho bạn "
+     "hôm nay?"),
+    ("Hà Nội là thủ đô của nước nào?", "Hà Nội là thủ đô của Việt Nam, một thành phố nghìn năm "
+     "văn hiến bên sông Hồng."),
+    ("Bạn là ai?", "Tôi là PhoGPT, mô hình ngôn ngữ tiếng Việt của VinAI, được huấn luyện trên "
+     "nhiều văn bản."),
+]
+# what the adapter learns (LoRA on top of the taught base)
+FAQ = [
+    ("Cửa hàng mở cửa lúc mấy giờ?", "Cửa hàng mở cửa từ 8 giờ sáng đến 9 giờ tối."),
+    ("Địa chỉ cửa hàng ở đâu?", "Số 12 phố Huế, Hà Nội."),
+    ("Có giao hàng không?", "Có, giao hàng miễn phí trong nội thành."),
+]
+LORA_TARGETS = ["attn.Wqkv", "attn.out_proj", "ffn.up_proj", "ffn.down_proj"]
+
+
+# llama.cpp logs every tensor it loads, through this logger
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def ask(question):
+    return prompts.generation_prompt([{"role": "user", "content": question}], "</s>")
+
+
+def run(*args):
+    """Run the script as a student would; return the finished process (text output)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def run_here(capsys, *args):
+    """Run the script in this process (torch is already imported); return (code, out, err)."""
+    argv, sys.argv = sys.argv, [SCRIPT, *map(str, args)]
+    try:
+        runpy.run_path(SCRIPT, run_name="__main__")
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_error_line(code, err):
+    assert code == 1 or (isinstance(code, str) and code.startswith("error: ")), (code, err)
+    lines = (code if isinstance(code, str) else err).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+
+
+def teach(model, tokenizer, pairs, steps=400, lr=3e-3):
+    """Fit answers after their questions (loss on answers only) with AdamW; returns the loss."""
+    rows = []
+    for question, answer in pairs:
+        head = tokenizer(ask(question), add_special_tokens=False).input_ids
+        tail = tokenizer(" " + answer, add_special_tokens=False).input_ids
+        eos = [tokenizer.eos_token_id]
+        rows.append((head + tail + eos, [-100] * len(head) + tail + eos))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i, _ in rows])
+    labels = torch.tensor([t + [-100] * (width - len(t)) for _, t in rows])
+    mask = (torch.arange(width)[None] < torch.tensor([len(i) for i, _ in rows])[:, None]).long()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+        if loss < 0.01:
+            break
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return loss.item()
+
+
+def taught_base(path, no_bias):
+    texts = [q + " " + a for q, a in GREETINGS + FAQ]
+    texts += [prompts.PHOGPT_USER_FIRST, prompts.PHOGPT_ASSISTANT, "số 0123456789"]
+    save_tiny_checkpoint(str(path), texts, d_model=96, n_heads=6, n_layers=2, no_bias=no_bias)
+    model, tokenizer = load_phogpt(str(path), dtype=torch.float32)
+    assert teach(model, tokenizer, GREETINGS) < 0.05
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    """Two taught tiny PhoGPTs, with biases (as PhoGPT-4B) and without (no_bias: true)."""
+    root = tmp_path_factory.mktemp("bases")
+    return {"biases": taught_base(root / "biases", False),
+            "no-bias": taught_base(root / "no-bias", True)}
+
+
+@pytest.fixture(scope="module")
+def adapter(bases, tmp_path_factory):
+    """A LoRA adapter that memorised the FAQ on the biased base (peft, as phogpt_qlora.py saves)."""
+    from peft import LoraConfig, get_peft_model
+    model, tokenizer = load_phogpt(bases["biases"], dtype=torch.float32)
+    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    model = get_peft_model(model, config)
+    assert teach(model, tokenizer, FAQ, steps=400, lr=1e-2) < 0.05
+    path = tmp_path_factory.mktemp("adapter") / "faq-adapter"
+    model.save_pretrained(path)
+    return str(path)
+
+
+def export(capsys, tmp_path, *args):
+    code, out, err = run_here(capsys, *args)
+    assert code == 0, out + err
+    return out
+
+
+def open_gguf(path):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=1,
+                           verbose=False)
+
+
+def llama_cpp_greedy(llm, ids, steps):
+    """Greedy tokens from llama.cpp, one eval per token; returns (new ids, logits of every step)."""
+    llm.reset()
+    llm.eval(ids)
+    new = []
+    for _ in range(steps):
+        new.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([new[-1]])
+    return new, np.array(llm.scores[:llm.n_tokens])
+
+
+@torch.no_grad()
+def torch_greedy(model, ids, steps):
+    """Greedy tokens from our PyTorch model (no cache, no EOS stop: the same loop as above)."""
+    seq = list(ids)
+    for _ in range(steps):
+        seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(ids):], model(torch.tensor([seq])).logits[0].numpy()
+
+
+def answer_in_llama_cpp(llm, tokenizer, question):
+    """Greedy answer text until EOS (or 40 tokens), as llama.cpp's sampler gives it."""
+    ids = tokenizer(ask(question), add_special_tokens=False).input_ids
+    new = []
+    for token in llm.generate(ids, temp=0.0, reset=True):
+        if token == tokenizer.eos_token_id or len(new) == 40:
+            break
+        new.append(token)
+    return tokenizer.decode(new)
+
+
+# ---- the GGUF computes what our model computes ----
+@pytest.mark.parametrize("kind", ["biases", "no-bias"])
+def test_f32_gguf_gives_our_greedy_tokens_and_logits(bases, kind, tmp_path, capsys):
+    out = export(capsys, tmp_path, "--model", bases[kind], "--gguf", "f32", "--output",
+                 tmp_path / "gguf")
+    assert "llama.cpp tokenizes a Vietnamese sample as PhoGPT does" in out
+    model, tokenizer = load_phogpt(bases[kind], dtype=torch.float32)
+    assert (model.transformer.blocks[0].attn.Wqkv.bias is None) == (kind == "no-bias")
+    llm = open_gguf(tmp_path / "gguf" / "phogpt-f32.gguf")
+    questions = [q for q, _ in GREETINGS] + ["Hôm nay trời thế nào?"]
+    for question in questions:
+        ids = tokenizer(ask(question), add_special_tokens=False).input_ids
+        ours, our_logits = torch_greedy(model, ids, 20)
+        theirs, their_logits = llama_cpp_greedy(llm, ids, 20)
+        assert theirs == ours, (question, tokenizer.decode(ours), tokenizer.decode(theirs))
+        # llama.cpp's GELU is the tanh approximation (PhoGPT's is exact): close, not equal
+        scale = np.abs(our_logits).max()
+        assert np.abs(their_logits - our_logits).max() < 2e-3 * scale + 1e-3
+    # the taught answers really come out (so the tokens compared above are not noise)
+    question, answer = GREETINGS[0]
+    assert answer_in_llama_cpp(llm, tokenizer, question) == " " + answer
+    llm.close()
+
+
+def test_gguf_has_llama_cpp_mpt_names_and_phogpt_metadata(bases, tmp_path, capsys):
+    export(capsys, tmp_path, "--model", bases["biases"], "--gguf", "f16", "--output",
+           tmp_path / "gguf")
+    reader = gguf.GGUFReader(tmp_path / "gguf" / "phogpt-f16.gguf")
+    names = {t.name: t for t in reader.tensors}
+    expected = {"token_embd.weight", "output_norm.weight", "output_norm.bias"}
+    for i in range(2):
+        for part in ["attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"]:
+            expected |= {f"blk.{i}.{part}.weight", f"blk.{i}.{part}.bias"}
+    assert set(names) == expected
+    assert names["blk.0.attn_qkv.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    assert names["blk.0.attn_norm.bias"].tensor_type == gguf.GGMLQuantizationType.F32
+
+    def field(key):
+        value = reader.fields[key]
+        return value.contents()
+
+    assert field("general.architecture") == "mpt"
+    assert field("mpt.context_length") == 512 and field("mpt.embedding_length") == 96
+    assert field("mpt.block_count") == 2 and field("mpt.feed_forward_length") == 384
+    assert field("mpt.attention.head_count") == 6
+    assert field("mpt.attention.max_alibi_bias") == 8.0
+    assert abs(field("mpt.attention.layer_norm_epsilon") - 1e-5) < 1e-9
+    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "gpt-2"
+    assert [field(f"tokenizer.ggml.{k}_token_id") for k in ["unknown", "bos", "eos", "padding"]] \
+        == [0, 1, 2, 3]
+    assert field("tokenizer.ggml.add_bos_token") is False
+    assert field("tokenizer.chat_template") == prompts.PHOGPT_CHAT_TEMPLATE_JINJA
+    assert len(field("tokenizer.ggml.merges")) > 100
+
+
+# ---- llama.cpp splits text exactly as PhoGPT's tokenizer does ----
+VIETNAMESE = [
+    "Tiếng Việt có dấu: ả ã ạ ế ở ữ đ Ư Ơ, và chữ hoa ĐẶNG THỊ HỒNG.",
+    "Gọi 024 3826 1234 lúc 8:30, giá 1.250.000đ (giảm 12,5%) — năm 2024!",
+    unicodedata.normalize("NFD", "Người dùng macOS dán chữ tổ hợp: Nguyễn Thị Hương"),
+    "  hai  dấu cách\n\nxuống   dòng\ttab  \n",
+    "Emoji 😀🇻🇳, English I've been 'told', dấu chấm lửng... ?!!",
+    prompts.generation_prompt([{"role": "user", "content": "Xin chào"}], "</s>"),
+    prompts.conversation_text([{"role": "user", "content": "Hà Nội ở đâu?"},
+                               {"role": "assistant", "content": "Ở miền Bắc."},
+                               {"role": "user", "content": "Còn Huế?"}], "</s>"),
+    prompts.instruct_prompt("Viết một câu về Đà Nẵng") + " Đà Nẵng đẹp.</s>",
+    prompts.STOP_STRINGS["chat"],
+]
+BLOOM_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": " ?[^(\\s|[.,!?…。，、।۔،])]+"},
+     "behavior": "Isolated", "invert": False},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+@pytest.mark.parametrize("style", ["gpt-2", "bloom"])
+def test_llama_cpp_tokenizes_vietnamese_as_the_hf_tokenizer(bases, style, tmp_path, capsys):
+    """The tiny tokenizer is GPT-2 style; a Bloom-style split (PhoGPT's tokenizer_class is
+    BloomTokenizer) is exported with llama.cpp's 'bloom' pre-tokenizer."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(bases["biases"], model_dir)
+    if style == "bloom":
+        tokenizer_file = model_dir / "tokenizer.json"
+        tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+        tokenizer_json["pre_tokenizer"] = BLOOM_PRE_TOKENIZER
+        tokenizer_file.write_text(json.dumps(tokenizer_json, ensure_ascii=False), "utf-8")
+    export(capsys, tmp_path, "--model", model_dir, "--gguf", "f16", "--output", tmp_path / "g")
+    path = tmp_path / "g" / "phogpt-f16.gguf"
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["tokenizer.ggml.pre"].contents() == style
+    _, tokenizer = load_phogpt(str(model_dir), dtype=torch.float32)
+    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text in VIETNAMESE + [prompts.nfc(VIETNAMESE[2])]:
+        expected = tokenizer(text, add_special_tokens=False).input_ids
+        got = vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        assert got == expected, (text, got, expected)
+        assert vocab.detokenize(got, special=True).decode("utf-8") == text
+    vocab.close()
+
+
+# ---- the merged adapter, in PyTorch and in llama.cpp ----
+def test_merge_matches_adapter_on_base(bases, adapter, tmp_path, capsys):
+    from peft import PeftModel
+    out = export(capsys, tmp_path, "--adapter", adapter, "--gguf", "none", "--dtype", "fp32",
+                 "--output", tmp_path / "merged")
+    assert "merged logits vs adapter-on-base" in out
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert (tmp_path / "merged" / "tokenizer.json").exists()
+    assert not list(tmp_path.glob("*.partial"))
+    merged, tokenizer = load_phogpt(str(tmp_path / "merged"), dtype=torch.float32)
+    base, _ = load_phogpt(bases["biases"], dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    ids = tokenizer(ask(FAQ[0][0]), add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(ids).logits, with_adapter(ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+    # the default on a CPU merges in bf16, PhoGPT's own dtype
+    out = export(capsys, tmp_path, "--adapter", adapter, "--gguf", "none", "--output",
+                 tmp_path / "bf16")
+    assert "the merged model (bfloat16, safetensors)" in out
+
+
+def test_merged_adapter_answers_the_faq_in_llama_cpp(bases, adapter, tmp_path, capsys):
+    from peft import PeftModel
+    export(capsys, tmp_path, "--adapter", adapter, "--gguf", "f32", "--output", tmp_path / "g")
+    base, tokenizer = load_phogpt(bases["biases"], dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    llm = open_gguf(tmp_path / "g" / "phogpt-f32.gguf")
+    for question, answer in FAQ:
+        ids = tokenizer(ask(question), add_special_tokens=False, return_tensors="pt").input_ids
+        ours = with_adapter.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1]:]
+        assert tokenizer.decode(ours, skip_special_tokens=True) == " " + answer
+        assert answer_in_llama_cpp(llm, tokenizer, question) == " " + answer
+    # llama.cpp's chat mode uses the template stored in the GGUF: the same prompt, same answer
+    question, answer = FAQ[1]
+    reply = llm.create_chat_completion([{"role": "user", "content": question}], temperature=0.0,
+                                       max_tokens=40)
+    assert reply["choices"][0]["message"]["content"].strip() == answer
+    llm.close()
+    # the base alone does not know the FAQ: the answers above came from the merged adapter
+    ids = tokenizer(ask(question), add_special_tokens=False, return_tensors="pt").input_ids
+    with with_adapter.disable_adapter():
+        alone = with_adapter.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1]:]
+    assert tokenizer.decode(alone, skip_special_tokens=True) != " " + answer
+    modelfile = (tmp_path / "g" / "Modelfile").read_text(encoding="utf-8")
+    assert "FROM ./phogpt-f32.gguf\n" in modelfile
+    template = prompts.PHOGPT_USER_FIRST + "{{ .Prompt }}" + prompts.PHOGPT_ASSISTANT
+    assert f'TEMPLATE """{template}"""' in modelfile
+    assert f'PARAMETER stop """{prompts.STOP_STRINGS["chat"]}"""' in modelfile
+    assert 'PARAMETER stop "</s>"' in modelfile
+    for line in ["temperature 1.0", "top_p 0.9", "top_k 50"]:
+        assert f"PARAMETER {line}\n" in modelfile
+    readme = (tmp_path / "g" / "README.md").read_text(encoding="utf-8")
+    assert "ollama create" in readme and "llama-cli -m phogpt-f32.gguf" in readme
+
+
+def test_quantised_ggufs_answer_the_faq(adapter, bases, tmp_path, capsys):
+    _, tokenizer = load_phogpt(bases["biases"], dtype=torch.float32)
+    sizes = {}
+    for gguf_type, file_type in [("q8_0", 7), ("q4_k_m", 15)]:
+        output = tmp_path / gguf_type
+        export(capsys, tmp_path, "--adapter", adapter, "--gguf", gguf_type, "--output", output)
+        path = output / f"phogpt-{gguf_type}.gguf"
+        assert sorted(p.name for p in output.iterdir()) == ["Modelfile", "README.md", path.name]
+        assert gguf.GGUFReader(path).fields["general.file_type"].contents() == file_type
+        sizes[gguf_type] = path.stat().st_size
+        llm = open_gguf(path)
+        question, answer = FAQ[0]
+        assert answer_in_llama_cpp(llm, tokenizer, question) == " " + answer
+        llm.close()
+    assert sizes["q4_k_m"] < sizes["q8_0"]
+
+
+# ---- bad input: one line, and nothing destroyed ----
+def test_bad_input_gets_one_line(bases, tmp_path):
+    four_bit = tmp_path / "phogpt-4bit"
+    four_bit.mkdir()
+    config = {"model_type": "mpt", "quantization_config": {"load_in_4bit": True}}
+    (four_bit / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "old.txt").write_text("keep me", encoding="utf-8")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    cases = [
+        (["--adapter", tmp_path / "nowhere"], "no adapter_config.json"),
+        (["--model", four_bit, "--output", tmp_path / "o"], "full-precision weights"),
+        (["--model", bases["biases"], "--gguf", "q5_k"], "invalid choice"),
+        (["--model", bases["biases"], "--output", taken], "already exists"),
+        (["--model", bases["biases"], "--output", a_file], "is a file"),
+        (["--model", bases["biases"], "--load-in", "4bit"], "unrecognized arguments"),
+        (["--model", bases["biases"], "--gguf", "none"], "nothing to export"),
+        (["--model", bases["biases"], "--merge"], "--merge needs an adapter"),
+    ]
+    for args, message in cases:
+        done = run(*args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert_one_error_line(done.returncode, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+    assert (taken / "old.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_an_adapter_of_another_shape_fails_and_keeps_the_old_export(adapter, tmp_path, capsys):
+    other = save_tiny_checkpoint(str(tmp_path / "other"), ["xin chào"], d_model=64, n_heads=4)
+    old = tmp_path / "export"
+    old.mkdir()
+    (old / "phogpt-q4_k_m.gguf").write_text("the last good export", encoding="utf-8")
+    code, out, err = run_here(capsys, "--model", other, "--adapter", adapter, "--output", old,
+                              "--overwrite")
+    assert_one_error_line(code, err)
+    assert "does not fit" in str(code) + err
+    assert (old / "phogpt-q4_k_m.gguf").read_text(encoding="utf-8") == "the last good export"
+    # --overwrite replaces it once a new export is complete
+    export(capsys, tmp_path, "--model", other, "--gguf", "f16", "--output", old, "--overwrite")
+    assert sorted(p.name for p in old.iterdir()) == ["Modelfile", "README.md", "phogpt-f16.gguf"]
+    assert not (tmp_path / "export.partial").exists() and not (tmp_path / "export.old").exists()
