@@ -83,6 +83,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
@@ -260,7 +261,7 @@ if not pairs:
 
 # What makes a resumed run the same run: refuse to mix two.
 settings = {"model": model_name, "adapter": str(Path(args.adapter).resolve()),
-            "data_sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest(),
+            "data": hashlib.sha256(json.dumps(pairs).encode()).hexdigest(),
             "beta": args.beta, "lr": args.lr, "epochs": args.epochs, "max_steps": args.max_steps,
             "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_length": args.max_length, "seed": args.seed}
@@ -285,7 +286,12 @@ except (OSError, ValueError) as err:
 try:
     model = PeftModel.from_pretrained(base, args.adapter, is_trainable=True)
 except Exception as err:
+    # torch's message is many lines; the first size mismatch says it all.
+    mismatch = re.search(r"size mismatch for (\S+): copying a param with shape (.+?) from "
+                         r"checkpoint, the shape in current model is (.+?)\.?$", str(err), re.M)
     reason = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()[:160]
+    if mismatch:
+        reason = f"{mismatch[1]}: {mismatch[2]} in the adapter, {mismatch[3]} in the model"
     fail(f"--adapter {args.adapter} does not fit {model_name} ({reason}); "
          f"fix: pass the --model it was trained on ({adapter_base})")
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -418,7 +424,8 @@ print(f"log p(chosen) - log p(rejected), mean over {len(rows)} pairs: {margin_be
 
 # ---- save: into adapter.partial, then moved in with adapter_config.json last ----
 logs = [log for log in trainer.state.log_history if "loss" in log]
-summary = {**settings, "data": args.data, "pairs": kept, "template": template,
+summary = {**settings, "data": args.data, "data_sha256": settings["data"], "pairs": kept,
+           "template": template,
            "device": device, "load_in": load_in, "steps": trainer.state.global_step,
            "train_seconds": round(train_seconds, 1),
            "margin_before": round(margin_before, 4), "margin_after": round(margin_after, 4),
