@@ -14,11 +14,14 @@ PhoGPT's vocabulary, merges and chat template. q8_0 and q4_k_m are made by llama
 (pip install llama-cpp-python gguf). Everything lands in --output at once, when it is complete.
 """
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import prompts
@@ -105,9 +108,6 @@ if args.gguf != "none":
         if args.gguf in ("q8_0", "q4_k_m"):
             fail(f"--gguf {args.gguf} is made by llama.cpp's quantiser; "
                  "fix: pip install llama-cpp-python (or pick --gguf f16)")
-if llama_cpp is not None:
-    # llama.cpp logs every tensor it reads or quantises, through this logger: errors only
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 # torch after the flags: --help and flag errors stay instant
 import numpy as np
@@ -119,6 +119,10 @@ from phogpt_model import load_phogpt
 
 # the "Loading weights" bar of transformers: our own lines say what happens
 transformers_logging.disable_progress_bar()
+# the libraries' deprecation notices are for us, not students
+warnings.filterwarnings("ignore", category=FutureWarning)
+# bitsandbytes (imported by peft) hints at an optional CPU kernel package
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 if args.device == "cuda" and not torch.cuda.is_available():
     fail("--device cuda, but no CUDA GPU is visible; fix: use --device cpu (or auto)")
@@ -215,7 +219,8 @@ def write_gguf(model, tokenizer, path, float_type, pre_tokenizer, chat_template)
     # PhoGPT's prompts start with the question, not <s>: llama.cpp must not add one
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(chat_template)
+    if chat_template:
+        writer.add_chat_template(chat_template)
     # llama.cpp's own table maps transformer.blocks.3.attn.Wqkv.weight -> blk.3.attn_qkv.weight;
     # lm_head is wte (tied), and llama.cpp reuses token_embd when there is no output tensor
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MPT, config.n_layers)
@@ -239,21 +244,28 @@ def write_gguf(model, tokenizer, path, float_type, pre_tokenizer, chat_template)
 
 
 def quantize(source, target, gguf_type):
-    """llama.cpp's quantiser (as the llama-quantize tool), from an f16/f32 GGUF file."""
+    """llama.cpp's quantiser (the llama-quantize tool) on an f16/f32 GGUF: "" or what failed."""
     import ctypes
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
                     "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[gguf_type]
     params.nthread = os.cpu_count() or 1
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
-                                          ctypes.byref(params))
-    if code != 0:
-        fail(f"llama.cpp could not quantise to {gguf_type} (code {code}); fix: try --gguf f16")
+    # llama.cpp logs a line per tensor (through Python's stderr): kept for an error message only
+    with contextlib.redirect_stderr(io.StringIO()) as log:
+        code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                              ctypes.byref(params))
+    if code == 0:
+        return ""
+    return (log.getvalue().strip().splitlines() or [f"code {code}"])[-1][:120]
 
 
 def llama_cpp_token_ids(path, text):
-    """How llama.cpp splits text with the vocabulary of the GGUF at path (weights not loaded)."""
-    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    """How llama.cpp splits text with the vocabulary of the GGUF at path (None: unreadable)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except ValueError:
+            return None
     ids = vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     vocab.close()
     return ids
@@ -274,6 +286,21 @@ question = {"role": "user", "content": "Xin chào, bạn là ai?"}
 probe_text = prompts.generation_prompt([question], tokenizer.eos_token, template)
 probe = tokenizer(probe_text, add_special_tokens=False, return_tensors="pt").input_ids
 probe = probe.to(model.device)
+
+# llama.cpp must be able to run this model as it is, or the GGUF would answer differently
+if args.gguf != "none":
+    tokenizer_json = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre_tokenizer = llama_cpp_pre_tokenizer(tokenizer_json)
+    if pre_tokenizer is None:
+        fail("llama.cpp has no pre-tokenizer that splits text like this tokenizer.json "
+             f"({json.dumps(tokenizer_json.get('pre_tokenizer'))[:80]}); "
+             "fix: use --gguf none and phogpt_chat.py")
+    softmax_scale = model.config.attn_config.get("softmax_scale")
+    head_dim = model.config.d_model // model.config.n_heads
+    # llama.cpp's MPT hard-codes both: no logit scale, attention scaled by 1/sqrt(head size)
+    if model.config.logit_scale is not None or softmax_scale not in (None, head_dim**-0.5):
+        fail("llama.cpp's MPT has no logit_scale or softmax_scale; "
+             "fix: use --gguf none and phogpt_chat.py")
 
 # ---- merge: adapter-on-base -> one set of weights, checked on a question ----
 if args.adapter:
@@ -310,19 +337,6 @@ if save_merged:
     written.append(f"the merged model ({str(dtype).removeprefix('torch.')}, safetensors)")
 
 if args.gguf != "none":
-    config = model.config
-    tokenizer_json = json.loads(tokenizer.backend_tokenizer.to_str())
-    pre_tokenizer = llama_cpp_pre_tokenizer(tokenizer_json)
-    if pre_tokenizer is None:
-        fail("llama.cpp has no pre-tokenizer that splits text like this tokenizer.json "
-             f"({json.dumps(tokenizer_json.get('pre_tokenizer'))[:80]}); "
-             "fix: use --gguf none and phogpt_chat.py")
-    softmax_scale = config.attn_config.get("softmax_scale")
-    head_dim = config.d_model // config.n_heads
-    # llama.cpp's MPT hard-codes these two; a model that changes them would answer differently
-    if config.logit_scale is not None or softmax_scale not in (None, head_dim**-0.5):
-        fail("llama.cpp's MPT has no logit_scale or softmax_scale; "
-             "fix: use --gguf none and phogpt_chat.py")
     gguf_path = partial / f"phogpt-{args.gguf}.gguf"
     float_type = "f32" if args.gguf == "f32" or dtype == torch.float32 else "f16"
     float_path = gguf_path
@@ -330,12 +344,17 @@ if args.gguf != "none":
         float_path = partial / f"phogpt-{float_type}.gguf.tmp"
     print(f"writing {float_path.name}", flush=True)
     # PhoGPT's own template (prompts.py), so llama.cpp's chat mode prompts as phogpt_chat.py does
-    chat_template = prompts.PHOGPT_CHAT_TEMPLATE_JINJA
+    chat_template = tokenizer.chat_template
+    if template == "chat":
+        chat_template = prompts.PHOGPT_CHAT_TEMPLATE_JINJA
     write_gguf(model, tokenizer, float_path, float_type, pre_tokenizer, chat_template)
     if float_path != gguf_path:
         print(f"quantising to {gguf_path.name} with llama.cpp", flush=True)
-        quantize(float_path, gguf_path, args.gguf)
+        problem = quantize(float_path, gguf_path, args.gguf)
         float_path.unlink()
+        if problem:
+            shutil.rmtree(partial)
+            fail(f"llama.cpp could not quantise to {args.gguf} ({problem}); fix: try --gguf f16")
     size = gguf_path.stat().st_size
     size = f"{size / 1e9:.2f} GB" if size > 1e8 else f"{size / 1e6:.1f} MB"
     written.append(f"{gguf_path.name} ({size})")
@@ -348,7 +367,11 @@ if args.gguf != "none":
     else:
         expected_ids = tokenizer(sample, add_special_tokens=False).input_ids
         got_ids = llama_cpp_token_ids(gguf_path, sample)
+        if got_ids is None:
+            shutil.rmtree(partial)
+            fail("llama.cpp cannot read the GGUF just written; fix: update llama-cpp-python")
         if got_ids != expected_ids:
+            shutil.rmtree(partial)
             fail(f"llama.cpp splits text differently ({got_ids[:12]} vs {expected_ids[:12]}); "
                  "fix: use --gguf none and phogpt_chat.py")
         print(f"llama.cpp tokenizes a Vietnamese sample as PhoGPT does ({len(got_ids)} ids)")
@@ -373,6 +396,7 @@ if args.gguf != "none":
     ])
     (partial / "Modelfile").write_text(modelfile, encoding="utf-8")
     example = (head + "Xin chào" + tail).replace("\n", "\\n")
+    stop_line = prompts.STOP_STRINGS[stop].strip()
     readme = "\n".join([
         f"# PhoGPT on your laptop ({gguf_path.name})",
         "",
@@ -388,7 +412,7 @@ if args.gguf != "none":
         "",
         f"    llama-cli -m {gguf_path.name}          # chat, with PhoGPT's template",
         f'    llama-completion -m {gguf_path.name} -no-cnv -e -p "{example}" \\',
-        '        -n 256 --temp 1.0 --top-p 0.9 --top-k 50 -r "### Câu hỏi:"',
+        f'        -n 256 --temp 1.0 --top-p 0.9 --top-k 50 -r "{stop_line}"',
         "",
         "## Python (pip install llama-cpp-python)",
         "",
