@@ -24,8 +24,21 @@ compare log p(chosen) - log p(rejected) before and after.
 Ctrl+C saves a checkpoint; the same command with --resume continues from it.
 """
 import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
 import sys
+import time
+import warnings
+from pathlib import Path
 
+# ---- flags ----
 parser = argparse.ArgumentParser(
     description="DPO: teach a PhoGPT adapter to prefer the chosen answers over the rejected ones.",
     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,19 +90,6 @@ parser.error = flag_error
 args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 
 # Heavy imports after the flags, so --help is instant.
-import csv  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 # bitsandbytes (imported by peft and trl) logs a hint about an optional CPU kernel package.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 import datasets  # noqa: E402
@@ -104,6 +104,102 @@ from phogpt_model import load_phogpt, pick_dtype  # noqa: E402
 # peft 0.21 and trl 1.16 read transformers 5.24's old name is_gradient_checkpointing: that
 # notice is for their authors, not for you. Only this one is silenced.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+
+# ---- helpers: each used below, each given what it needs ----
+
+
+def read_rows(source):
+    """Yield (where, row) for each row of a .jsonl, .json or .csv file."""
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    yield f"{source}:{number}", json.loads(line)
+                except json.JSONDecodeError as err:
+                    fail(f"{source}:{number}: not valid JSON ({err.msg}); "
+                         "fix: one JSON object per line")
+    elif path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as err:
+            fail(f"{source}:{err.lineno}: not valid JSON ({err.msg}); fix: a list of objects")
+        for number, row in enumerate(rows if isinstance(rows, list) else [rows], 1):
+            yield f"{source} item {number}", row
+    elif path.suffix == ".csv":
+        # utf-8-sig: Excel starts its CSV files with a byte-order mark
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            reader = csv.DictReader(file)
+            for row in reader:
+                if None in row:
+                    fail(f"{source}:{reader.line_num}: more fields than the header "
+                         "(an unquoted comma?); fix: put text with commas in double quotes")
+                yield f"{source}:{reader.line_num}", row
+    else:
+        fail(f"{source}: can't read this kind of file; fix: use .jsonl, .json or .csv")
+
+
+def is_complete(checkpoint):
+    """A checkpoint is usable once the Trainer wrote its state file, which it writes last."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    need = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+    return all((checkpoint / name).is_file() for name in need)
+
+
+def mean_margin(model, rows, max_length):
+    """Mean of log p(chosen) - log p(rejected) over rows (EOS included), and how many are > 0."""
+    margins = []
+    model.eval()
+    for row in rows:
+        logps = []
+        for answer in (row["chosen_ids"], row["rejected_ids"]):
+            start = len(row["prompt_ids"])
+            ids = torch.tensor([(row["prompt_ids"] + answer)[:max_length]], device=model.device)
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, start - 1: -1].float()
+            logps.append(logits.log_softmax(-1).gather(1, ids[0, start:, None]).sum().item())
+        margins.append(logps[0] - logps[1])
+    return sum(margins) / len(margins), sum(m > 0 for m in margins)
+
+
+class Progress(ProgressCallback):
+    """The Trainer's progress bar, one readable line per log, and Ctrl+C that saves."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+        # Put back after training, so a notebook's own Ctrl+C works again.
+        self.previous = signal.signal(signal.SIGINT, self.interrupt)
+
+    def interrupt(self, *_):
+        self.interrupted = True
+        # A second Ctrl+C stops at once; the last complete checkpoint stays usable.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self.clock, self.tokens = time.time(), 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        if self.interrupted:
+            control.should_save = control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" not in logs or self.training_bar is None:
+            return
+        now, tokens = time.time(), logs.get("num_tokens", 0)
+        speed = (tokens - self.tokens) / max(now - self.clock, 1e-9)
+        self.clock, self.tokens = now, tokens
+        self.training_bar.write(
+            f"step {state.global_step}/{state.max_steps} · epoch {logs['epoch']:.1f} · "
+            f"loss {logs['loss']:.3f} · reward margin {logs['rewards/margins']:.3f} · "
+            f"reward accuracy {logs['rewards/accuracies']:.0%} · {speed:,.0f} tok/s")
+
 
 # ---- settle defaults and check every input (before any work) ----
 if not 0 < args.beta <= 10:
@@ -157,6 +253,11 @@ if load_in == "auto":
     load_in = "4bit" if device == "cuda" else "none"
 if load_in != "none" and device != "cuda":
     fail(f"--load-in {load_in} needs a CUDA GPU; fix: use a GPU runtime, or --load-in none")
+if load_in != "none":
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        fail(f"--load-in {load_in} needs bitsandbytes; fix: pip install bitsandbytes")
 checkpointing = args.gradient_checkpointing == "on"
 checkpointing = checkpointing or (args.gradient_checkpointing == "auto" and device == "cuda")
 
@@ -170,16 +271,6 @@ if out_dir.is_dir() and any(out_dir.iterdir()) and not (args.overwrite or args.r
          "fix: pick another --output, add --overwrite, or --resume to continue")
 
 
-def is_complete(checkpoint):
-    """A checkpoint is usable once the Trainer wrote its state file, which it writes last."""
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    need = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
-    return all((checkpoint / name).is_file() for name in need)
-
-
 last = None
 if args.resume:
     found = [p for p in out_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
@@ -191,40 +282,6 @@ if args.resume:
     skipped = found[: found.index(last)]
 
 # ---- data: every row checked before the model loads, so a typo costs seconds ----
-
-
-def read_rows(source):
-    """Yield (where, row) for each row of a .jsonl, .json or .csv file."""
-    path = Path(source)
-    if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    yield f"{source}:{number}", json.loads(line)
-                except json.JSONDecodeError as err:
-                    fail(f"{source}:{number}: not valid JSON ({err.msg}); "
-                         "fix: one JSON object per line")
-    elif path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as err:
-            fail(f"{source}:{err.lineno}: not valid JSON ({err.msg}); fix: a list of objects")
-        for number, row in enumerate(rows if isinstance(rows, list) else [rows], 1):
-            yield f"{source} item {number}", row
-    elif path.suffix == ".csv":
-        # utf-8-sig: Excel starts its CSV files with a byte-order mark
-        with open(path, encoding="utf-8-sig", newline="") as file:
-            reader = csv.DictReader(file)
-            for row in reader:
-                if None in row:
-                    fail(f"{source}:{reader.line_num}: more fields than the header "
-                         "(an unquoted comma?); fix: put text with commas in double quotes")
-                yield f"{source}:{reader.line_num}", row
-    else:
-        fail(f"{source}: can't read this kind of file; fix: use .jsonl, .json or .csv")
-
-
 pairs = []
 try:
     for where, row in read_rows(args.data):
@@ -267,7 +324,10 @@ settings = {"model": model_name, "adapter": str(Path(args.adapter).resolve()),
             "max_length": args.max_length, "seed": args.seed}
 settings_file = out_dir / "dpo_run.json"
 if args.resume and settings_file.is_file():
-    before = json.loads(settings_file.read_text(encoding="utf-8"))
+    try:
+        before = json.loads(settings_file.read_text(encoding="utf-8"))
+    except ValueError:
+        before = {}
     differ = [key for key in settings if key in before and before[key] != settings[key]]
     if differ:
         fail(f"--resume: this run differs from the one in {out_dir} ({', '.join(differ)}); "
@@ -329,41 +389,6 @@ if kept < len(pairs):
     print(f"{len(pairs) - kept} pairs left out: their prompt alone fills --max-length")
 
 
-class Progress(ProgressCallback):
-    """The Trainer's progress bar, one readable line per log, and Ctrl+C that saves."""
-
-    def __init__(self):
-        super().__init__()
-        self.interrupted = False
-        # Put back after training, so a notebook's own Ctrl+C works again.
-        self.previous = signal.signal(signal.SIGINT, self.interrupt)
-
-    def interrupt(self, *_):
-        self.interrupted = True
-        # A second Ctrl+C stops at once; the last complete checkpoint stays usable.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        self.clock, self.tokens = time.time(), 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        super().on_step_end(args, state, control, **kwargs)
-        if self.interrupted:
-            control.should_save = control.should_training_stop = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if "loss" not in logs or self.training_bar is None:
-            return
-        now, tokens = time.time(), logs.get("num_tokens", 0)
-        speed = (tokens - self.tokens) / max(now - self.clock, 1e-9)
-        self.clock, self.tokens = now, tokens
-        self.training_bar.write(
-            f"step {state.global_step}/{state.max_steps} · epoch {logs['epoch']:.1f} · "
-            f"loss {logs['loss']:.3f} · reward margin {logs['rewards/margins']:.3f} · "
-            f"reward accuracy {logs['rewards/accuracies']:.0%} · {speed:,.0f} tok/s")
-
-
 # Our progress lines replace the Trainer's raw dicts (its bar stays).
 trainer.remove_callback(ProgressCallback)
 progress = Progress()
@@ -376,7 +401,8 @@ shutil.rmtree(out_dir / "adapter.partial", ignore_errors=True)
 if not args.resume:
     for old in out_dir.glob("checkpoint-*"):
         shutil.rmtree(old)
-settings_file.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+settings_file.with_suffix(".partial").write_text(json.dumps(settings, indent=1), encoding="utf-8")
+os.replace(settings_file.with_suffix(".partial"), settings_file)
 if last:
     print(f"resuming from {last}" + "".join(f" (skipped {p.name}: incomplete)" for p in skipped))
 started = time.time()
@@ -384,6 +410,9 @@ try:
     trainer.train(resume_from_checkpoint=str(last) if last else None)
 except KeyboardInterrupt:
     fail("stopped by a second Ctrl+C; fix: --resume continues from the last complete checkpoint")
+except OSError as err:
+    fail(f"writing a checkpoint in {out_dir} failed ({err}); "
+         "fix: free some disk space, then the same command with --resume")
 finally:
     signal.signal(signal.SIGINT, progress.previous)
 train_seconds = time.time() - started
@@ -393,24 +422,6 @@ if progress.interrupted:
     sys.exit(130)
 
 # ---- report: the margin before (the frozen "ref" copy) and after (the trained adapter) ----
-
-
-def mean_margin(model, rows, max_length):
-    """Mean of log p(chosen) - log p(rejected) over rows (EOS included), and how many are > 0."""
-    margins = []
-    model.eval()
-    for row in rows:
-        logps = []
-        for answer in (row["chosen_ids"], row["rejected_ids"]):
-            start = len(row["prompt_ids"])
-            ids = torch.tensor([(row["prompt_ids"] + answer)[:max_length]], device=model.device)
-            with torch.no_grad():
-                logits = model(input_ids=ids).logits[0, start - 1: -1].float()
-            logps.append(logits.log_softmax(-1).gather(1, ids[0, start:, None]).sum().item())
-        margins.append(logps[0] - logps[1])
-    return sum(margins) / len(margins), sum(m > 0 for m in margins)
-
-
 # The first 64 pairs, as trl tokenized them: enough to see the change, quick on a T4.
 rows = trainer.train_dataset.select(range(min(64, kept)))
 model = trainer.model
@@ -439,12 +450,16 @@ card = (f"# PhoGPT adapter, DPO\n\nBase: `{model_name}`. Started from the SFT ad
         f"{margin_before:.2f} before, {margin_after:.2f} after.\n\n"
         f"Chat with it: `python phogpt_chat.py --adapter {out_dir}`\n")
 partial = out_dir / "adapter.partial"
-# Only the trained adapter: not trl's frozen "ref" copy.
-model.save_pretrained(partial, selected_adapters=["default"])
-tokenizer.save_pretrained(partial)
-(partial / "training_summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False),
-                                               encoding="utf-8")
-(partial / "README.md").write_text(card, encoding="utf-8")
+try:
+    # Only the trained adapter: not trl's frozen "ref" copy.
+    model.save_pretrained(partial, selected_adapters=["default"])
+    tokenizer.save_pretrained(partial)
+    summary_text = json.dumps(summary, indent=1, ensure_ascii=False)
+    (partial / "training_summary.json").write_text(summary_text, encoding="utf-8")
+    (partial / "README.md").write_text(card, encoding="utf-8")
+except OSError as err:
+    fail(f"saving the adapter in {partial} failed ({err}); "
+         "fix: free some disk space, then the same command with --resume")
 # phogpt_chat.py looks for adapter_config.json: it arrives last, once everything else is in.
 for name in sorted(os.listdir(partial), key=lambda name: name == "adapter_config.json"):
     os.replace(partial / name, out_dir / name)
