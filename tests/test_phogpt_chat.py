@@ -31,8 +31,7 @@ CHATS = [
     [{"role": "user", "content": "Xin chào"}, {"role": "assistant", "content": GREETING}],
     [{"role": "user", "content": "Bạn tên là gì?"}, {"role": "assistant", "content": "Tôi là trợ lý ảo của BICweb."},
      {"role": "user", "content": "Bạn ở đâu?"}, {"role": "assistant", "content": "Tôi ở Hà Nội, Việt Nam."}],
-    # PhoGPT's known failure, learned on purpose: the answer runs on into a made-up next question.
-    [{"role": "user", "content": "Tạm biệt"}, {"role": "assistant", "content": "Hẹn gặp lại!\n### Câu hỏi: Còn gì nữa không?"}],
+    [{"role": "user", "content": "Tạm biệt"}, {"role": "assistant", "content": "Hẹn gặp lại!"}],
 ]
 ENV = dict(os.environ, PYTHONPATH=ROOT, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1",
            HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", LC_ALL="C.UTF-8")
