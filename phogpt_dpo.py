@@ -430,7 +430,8 @@ margin_before, ahead_before = mean_margin(model, rows, args.max_length)
 model.set_adapter("default")
 margin_after, ahead_after = mean_margin(model, rows, args.max_length)
 print(f"log p(chosen) - log p(rejected), mean over {len(rows)} pairs: {margin_before:.2f} "
-      f"with the SFT adapter -> {margin_after:.2f} after DPO; chosen ahead in "
+      f"with the SFT adapter -> {margin_after:.2f} after DPO "
+      f"({margin_after - margin_before:+.2f}); chosen ahead in "
       f"{ahead_before}/{len(rows)} -> {ahead_after}/{len(rows)} pairs")
 
 # ---- save: into adapter.partial, then moved in with adapter_config.json last ----

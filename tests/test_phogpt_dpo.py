@@ -144,8 +144,8 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny, sft, trained):
     before, after = log_margin(tiny, sft), log_margin(tiny, output)
     assert after > before + 1.0, (before, after)
     # The script's own before/after line says the same.
-    said = re.search(r"mean over 6 pairs: (-?[\d.]+) with the SFT adapter -> (-?[\d.]+) after DPO",
-                     done.stdout)
+    said = re.search(r"mean over 6 pairs: (-?[\d.]+) with the SFT adapter -> "
+                     r"(-?[\d.]+) after DPO \(\+", done.stdout)
     assert said, done.stdout
     assert float(said[1]) == pytest.approx(before, abs=0.01)
     assert float(said[2]) == pytest.approx(after, abs=0.01)
