@@ -146,8 +146,8 @@ def export(capsys, tmp_path, *args):
     return out
 
 
-def open_gguf(path):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=1,
+def open_gguf(path, n_ctx=256):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=1,
                            verbose=False)
 
 
@@ -204,6 +204,28 @@ def test_f32_gguf_gives_our_greedy_tokens_and_logits(bases, kind, tmp_path, caps
     question, answer = GREETINGS[0]
     assert answer_in_llama_cpp(llm, tokenizer, question) == " " + answer
     llm.close()
+
+
+def test_phogpt_4b_width_gives_our_logits_in_llama_cpp(tmp_path, capsys):
+    """PhoGPT-4B's own attention: 24 heads of 128 (ALiBi slopes of 32 heads, interleaved, cut
+    to 24), d_model 3072; one layer and a small vocabulary keep it at 0.5 GB (random weights)."""
+    texts = [q + " " + a for q, a in GREETINGS]
+    path = save_tiny_checkpoint(str(tmp_path / "wide"), texts, d_model=3072, n_heads=24,
+                                n_layers=1)
+    export(capsys, tmp_path, "--model", path, "--gguf", "f32", "--output", tmp_path / "gguf")
+    model, tokenizer = load_phogpt(path, dtype=torch.float32)
+    # a long prompt (~170 tokens), so that far-apart tokens meet ALiBi's distance penalty
+    ids = tokenizer(" ".join(ask(q) + " " + a for q, a in GREETINGS * 2),
+                    add_special_tokens=False).input_ids
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].numpy()
+    llm = open_gguf(tmp_path / "gguf" / "phogpt-f32.gguf", n_ctx=512)
+    llm.eval(ids)
+    theirs = np.array(llm.scores[:len(ids)])
+    llm.close()
+    assert len(ids) > 100
+    assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+    assert np.abs(theirs - ours).max() < 2e-3 * np.abs(ours).max() + 1e-3
 
 
 def test_gguf_has_llama_cpp_mpt_names_and_phogpt_metadata(bases, tmp_path, capsys):
