@@ -341,19 +341,21 @@ try:
     # One whole model per GPU; on CPU and MPS the Trainer moves it.
     device_map = {"": 0} if device == "cuda" else None
     base, tokenizer = load_phogpt(model_name, load_in=load_in, dtype=dtype, device_map=device_map)
+except KeyboardInterrupt:
+    fail("stopped by Ctrl+C while loading the model; nothing was trained; fix: run it again")
 except (OSError, ValueError) as err:
     fail(err)
 try:
     model = PeftModel.from_pretrained(base, args.adapter, is_trainable=True)
 except Exception as err:
-    # torch's message is many lines; the first size mismatch says it all.
+    # A shape mismatch is many lines from torch; its first line says it all.
     mismatch = re.search(r"size mismatch for (\S+): copying a param with shape (.+?) from "
                          r"checkpoint, the shape in current model is (.+?)\.?$", str(err), re.M)
     reason = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()[:160]
     if mismatch:
         reason = f"{mismatch[1]}: {mismatch[2]} in the adapter, {mismatch[3]} in the model"
-    fail(f"--adapter {args.adapter} does not fit {model_name} ({reason}); "
-         f"fix: pass the --model it was trained on ({adapter_base})")
+    fail(f"--adapter {args.adapter} does not load on {model_name} ({reason}); fix: pass the "
+         f"--model it was trained on ({adapter_base}), or train it again if it is damaged")
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(f"{model_name} ({load_in}, {str(dtype).split('.')[1]} on {device}) + {args.adapter}: "
       f"{trainable:,} trainable parameters; reference: a frozen copy of the adapter")

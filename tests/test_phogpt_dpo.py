@@ -261,18 +261,26 @@ def test_a_missing_or_damaged_adapter_gets_one_line(data, tmp_path, capsys):
     assert_one_line(code, err, "adapter_config.json is damaged")
 
 
-def test_an_adapter_of_another_shape_gets_one_line(tiny, data, tmp_path, capsys):
+def test_an_adapter_of_another_shape_or_damaged_gets_one_line(tiny, sft, data, tmp_path, capsys):
     texts = [q + " " + a for q, a in FAQ] + [prompts.PHOGPT_USER_FIRST, prompts.PHOGPT_ASSISTANT]
     narrow = save_tiny_checkpoint(str(tmp_path / "narrow"), texts, d_model=32)
-    adapter = make_adapter(narrow, tmp_path / "narrow-adapter")
-    capsys.readouterr()
-    code, out, err = run_here(capsys, "--adapter", adapter, "--model", tiny, "--data", data,
-                              "--output", tmp_path / "out")
-    # Found once the base is loaded (its progress bar comes first), then one line.
-    last = err.splitlines()[-1] + "\n"
-    assert err.count("error:") == 1 and err.endswith(last) and "Traceback" not in err, err
-    assert_one_line(code, last, "does not fit", "in the adapter", "in the model", str(narrow))
-    assert not (tmp_path / "out").exists()
+    narrow_adapter = make_adapter(narrow, tmp_path / "narrow-adapter")
+    # A kill or a full disk while the adapter was written: its weights are cut short.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "adapter_config.json").write_bytes((sft / "adapter_config.json").read_bytes())
+    (damaged / "adapter_model.safetensors").write_bytes((sft / "adapter_model.safetensors")
+                                                        .read_bytes()[:100])
+    cases = [(narrow_adapter, ["in the adapter", "in the model", str(narrow)]), (damaged, [])]
+    for adapter, fragments in cases:
+        capsys.readouterr()
+        code, out, err = run_here(capsys, "--adapter", adapter, "--model", tiny, "--data", data,
+                                  "--output", tmp_path / "out")
+        # Found once the base is loaded (its progress bar comes first), then one line.
+        last = err.splitlines()[-1] + "\n"
+        assert err.count("error:") == 1 and err.endswith(last) and "Traceback" not in err, err
+        assert_one_line(code, last, f"--adapter {adapter} does not load on", *fragments)
+        assert not (tmp_path / "out").exists()
 
 
 def test_an_existing_output_is_kept_without_overwrite(sft, data, tmp_path, capsys):
