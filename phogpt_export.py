@@ -295,6 +295,9 @@ if args.gguf != "none":
         fail("llama.cpp has no pre-tokenizer that splits text like this tokenizer.json "
              f"({json.dumps(tokenizer_json.get('pre_tokenizer'))[:80]}); "
              "fix: use --gguf none and phogpt_chat.py")
+    if len(tokenizer) > model.config.vocab_size:
+        fail(f"the tokenizer has {len(tokenizer)} tokens, the model {model.config.vocab_size}; "
+             "fix: pass the tokenizer files that came with this model")
     softmax_scale = model.config.attn_config.get("softmax_scale")
     head_dim = model.config.d_model // model.config.n_heads
     # llama.cpp's MPT hard-codes both: no logit scale, attention scaled by 1/sqrt(head size)
@@ -381,47 +384,43 @@ if args.gguf != "none":
         head, tail, stop = prompts.PHOGPT_USER_FIRST, prompts.PHOGPT_ASSISTANT, "chat"
     else:
         head, tail, stop = prompts.INSTRUCT_USER, prompts.INSTRUCT_ASSISTANT, "instruct"
-    # Ollama's triple quotes keep newlines as typed, so the stop line starts with a real newline
-    modelfile = "\n".join([
-        "# ollama create phogpt -f Modelfile && ollama run phogpt",
-        f"FROM ./{gguf_path.name}",
-        f'TEMPLATE """{head}{{{{ .Prompt }}}}{tail}"""',
-        f'PARAMETER stop """{prompts.STOP_STRINGS[stop]}"""',
-        f'PARAMETER stop "{tokenizer.eos_token}"',
-        # the sampling of phogpt_chat.py (VinAI's README): temperature 1.0, top_p 0.9, top_k 50
-        "PARAMETER temperature 1.0",
-        "PARAMETER top_p 0.9",
-        "PARAMETER top_k 50",
-        "",
-    ])
+    name = gguf_path.name
+    # Ollama's triple quotes keep newlines as typed: the stop string starts with a real newline
+    modelfile = f'''# ollama create phogpt -f Modelfile && ollama run phogpt
+FROM ./{name}
+TEMPLATE """{head}{{{{ .Prompt }}}}{tail}"""
+PARAMETER stop """{prompts.STOP_STRINGS[stop]}"""
+PARAMETER stop "{tokenizer.eos_token}"
+PARAMETER temperature 1.0
+PARAMETER top_p 0.9
+PARAMETER top_k 50
+'''
     (partial / "Modelfile").write_text(modelfile, encoding="utf-8")
+    # the sampling above is phogpt_chat.py's (VinAI's README): temperature 1.0, top_p 0.9, top_k 50
     example = (head + "Xin chào" + tail).replace("\n", "\\n")
-    stop_line = prompts.STOP_STRINGS[stop].strip()
-    readme = "\n".join([
-        f"# PhoGPT on your laptop ({gguf_path.name})",
-        "",
-        f"Exported by phogpt_export.py from `{model_name}`"
-        + (f" with the adapter `{args.adapter}`." if args.adapter else "."),
-        "",
-        "## Ollama",
-        "",
-        "    ollama create phogpt -f Modelfile",
-        "    ollama run phogpt",
-        "",
-        "## llama.cpp",
-        "",
-        f"    llama-cli -m {gguf_path.name}          # chat, with PhoGPT's template",
-        f'    llama-completion -m {gguf_path.name} -no-cnv -e -p "{example}" \\',
-        f'        -n 256 --temp 1.0 --top-p 0.9 --top-k 50 -r "{stop_line}"',
-        "",
-        "## Python (pip install llama-cpp-python)",
-        "",
-        "    from llama_cpp import Llama",
-        f'    llm = Llama("{gguf_path.name}", n_ctx=2048, verbose=False)',
-        '    reply = llm.create_chat_completion([{"role": "user", "content": "Xin chào"}])',
-        '    print(reply["choices"][0]["message"]["content"])',
-        "",
-    ])
+    source = f"`{model_name}`" + (f" with the adapter `{args.adapter}`" if args.adapter else "")
+    readme = f'''# PhoGPT on your laptop ({name})
+
+Exported by phogpt_export.py from {source}.
+
+## Ollama
+
+    ollama create phogpt -f Modelfile
+    ollama run phogpt
+
+## llama.cpp
+
+    llama-cli -m {name}          # chat, with PhoGPT's template
+    llama-completion -m {name} -no-cnv -e -p "{example}" \\
+        -n 256 --temp 1.0 --top-p 0.9 --top-k 50 -r "{prompts.STOP_STRINGS[stop].strip()}"
+
+## Python (pip install llama-cpp-python)
+
+    from llama_cpp import Llama
+    llm = Llama("{name}", n_ctx=2048, verbose=False)
+    reply = llm.create_chat_completion([{{"role": "user", "content": "Xin chào"}}])
+    print(reply["choices"][0]["message"]["content"])
+'''
     (partial / "README.md").write_text(readme, encoding="utf-8")
     written += ["Modelfile", "README.md"]
 
