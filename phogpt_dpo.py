@@ -271,7 +271,7 @@ if out_dir.is_dir() and any(out_dir.iterdir()) and not (args.overwrite or args.r
          "fix: pick another --output, add --overwrite, or --resume to continue")
 
 
-last = None
+last, skipped = None, []
 if args.resume:
     found = [p for p in out_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
     found.sort(key=lambda p: int(p.name.split("-")[1]), reverse=True)
@@ -393,8 +393,6 @@ if kept < len(pairs):
 
 # Our progress lines replace the Trainer's raw dicts (its bar stays).
 trainer.remove_callback(ProgressCallback)
-progress = Progress()
-trainer.add_callback(progress)
 # Nothing is deleted before here: the flags, data, model and adapter are all fine.
 out_dir.mkdir(parents=True, exist_ok=True)
 # Without adapter_config.json the folder does not look like a finished adapter mid-run.
@@ -403,10 +401,15 @@ shutil.rmtree(out_dir / "adapter.partial", ignore_errors=True)
 if not args.resume:
     for old in out_dir.glob("checkpoint-*"):
         shutil.rmtree(old)
+# A half-written checkpoint goes too: the Trainer's clean-up could keep it over a good one.
+for broken in skipped:
+    shutil.rmtree(broken)
 settings_file.with_suffix(".partial").write_text(json.dumps(settings, indent=1), encoding="utf-8")
 os.replace(settings_file.with_suffix(".partial"), settings_file)
 if last:
-    print(f"resuming from {last}" + "".join(f" (skipped {p.name}: incomplete)" for p in skipped))
+    print(f"resuming from {last}" + "".join(f" (removed {p.name}: incomplete)" for p in skipped))
+progress = Progress()
+trainer.add_callback(progress)
 started = time.time()
 try:
     trainer.train(resume_from_checkpoint=str(last) if last else None)

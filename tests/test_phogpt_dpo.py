@@ -206,8 +206,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     (cut / "checkpoint-999" / "adapter_model.safetensors").write_bytes(b"\0" * 10)
     resumed = run(*common, "--output", cut, "--resume")
     assert re.search(rf"resuming from {re.escape(str(cut))}/checkpoint-\d+ "
-                     r"\(skipped checkpoint-999: incomplete\)", resumed.stdout), resumed.stdout
+                     r"\(removed checkpoint-999: incomplete\)", resumed.stdout), resumed.stdout
     same_adapter(cut, tmp_path / "whole")
+    assert not (cut / "checkpoint-999").exists()
     # Resuming with other data would mix two runs: refused in one line.
     other = write_jsonl(tmp_path / "other.jsonl", PAIRS[:3])
     code, out, err = run_here(capsys, *common, "--data", other, "--output", cut, "--resume")
