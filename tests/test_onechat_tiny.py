@@ -3,8 +3,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import unicodedata
 from pathlib import Path
 
@@ -221,3 +223,134 @@ def test_unavailable_device_says_so():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     one_line_error(*run("--device", "cuda")[::2], "--device cuda", "--device cpu")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--seed", "-1"], ["--seed", "out of range"]),
+    (["--batch-size", "100000"], ["--batch-size", "out of range"]),
+    (["--max-length", "1000000000"], ["--max-length", "out of range"]),
+    (["--epochs", "1000000000"], ["--epochs", "out of range"]),
+    (["--epochs", "-3"], ["--epochs", "out of range"]),
+    (["--lr", "nan"], ["--lr", "out of range"]),
+    (["--lr", "-0.001"], ["--lr", "out of range"]),
+    (["--lr", "fast"], ["--lr", "out of range"]),
+    (["--size", "1000x64"], ["--size", "LAYERSxWIDTH"]),
+    (["--size", "2x99999"], ["--size", "LAYERSxWIDTH"]),
+    (["--device", "tpu"], ["--device"]),
+])
+def test_every_numeric_flag_is_checked_with_its_range(flags, words):
+    one_line_error(*run(*flags)[::2], *words)
+
+
+def test_help_shows_the_defaults():
+    code, out, err = run("--help")
+    assert code == 0, err
+    assert "(default: 2x64)" in out and "(default: auto)" in out
+
+
+def test_output_with_files_is_kept_unless_overwrite(tmp_path):
+    folder = tmp_path / "bot"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes", encoding="utf-8")
+    one_line_error(*run("--output", str(folder))[::2], "--output", "--overwrite")
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "my notes"
+    code, out, err = run("--output", str(folder), "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", "onechat_run.json",
+         "tokenizer.json", "tokenizer_config.json"])
+    # Saved under a temporary name, then renamed: nothing else is left next to it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bot"]
+
+
+def test_output_that_cannot_be_written_is_one_line_and_saves_nothing(tmp_path):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x", encoding="utf-8")
+    one_line_error(*run("--output", str(a_file))[::2], "--output", "is a file")
+    # Its parent is a file: found only when saving, after training.
+    code, out, err = run("--output", str(a_file / "bot"))
+    one_line_error(code, err, "could not save", "nothing was saved")
+    assert "Exact answer" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file.txt"]
+
+
+def start(*flags):
+    """Start onechat_tiny.py as a student would in a terminal (Ctrl+C sends SIGINT)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, SCRIPT, *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+# When Ctrl+C comes: during the imports, the first epochs, or later in training.
+@pytest.mark.parametrize("when", [0.5, 1.5, "epoch 1", "epoch 3", "epoch 6"])
+def test_ctrl_c_at_any_moment_saves_or_says_nothing_was_saved(when, tmp_path):
+    folder = tmp_path / "bot"
+    # A learning rate this small never memorises: the run ends only by Ctrl+C.
+    proc = start("--output", str(folder), "--lr", "1e-6", "--epochs", "100000")
+    lines = []
+    if isinstance(when, float):
+        time.sleep(when)
+    else:
+        epoch = int(when.split()[1])
+        for line in proc.stdout:
+            lines.append(line)
+            if re.match(rf"^\(\d+\.\d+s\) Epoch {epoch},", line):
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    out = "".join(lines) + out
+    assert "Traceback" not in err, err
+    if (folder / "onechat_run.json").exists():
+        assert proc.returncode == 2 and "Interrupted in epoch" in out and "Saved" in out
+        summary = json.loads((folder / "onechat_run.json").read_text(encoding="utf-8"))
+        assert summary["interrupted"] is True and summary["epochs_run"] >= 1
+        code, loaded, load_err = run("--load", str(folder))
+        assert code == 0, load_err
+        assert answers(loaded) == answers(out)
+    else:
+        one_line_error(proc.returncode, err, "nothing was trained or saved")
+        assert not folder.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["bot"])
+
+
+def test_utf16_data_trains_like_utf8_and_other_encodings_are_one_line(tmp_path):
+    pairs = dict(read_pairs_file()[:2])
+    text = "".join(f"Question: {q} Answer: {a}\n" for q, a in pairs.items())
+    utf16 = tmp_path / "notepad.txt"
+    # What Windows Notepad writes when saving as "Unicode".
+    utf16.write_text(text, encoding="utf-16")
+    code, out, err = run("--data", str(utf16))
+    assert code == 0, err
+    assert answers(out) == pairs
+    legacy = tmp_path / "legacy.txt"
+    # Vietnamese in Windows' legacy code page, as an old editor might save it.
+    vietnamese = unicodedata.normalize("NFD", "Question: Chào Answer: Dạ, chào bạn!")
+    legacy.write_bytes(b"# a comment\n" + vietnamese.encode("cp1258"))
+    one_line_error(*run("--data", str(legacy))[::2], "line 2", "not UTF-8", "fix:")
+
+
+def test_chat_goes_on_after_a_line_that_is_not_utf8(saved):
+    folder, _ = saved
+    done = subprocess.run([sys.executable, SCRIPT, "--load", str(folder), "--chat"],
+                          input=b"\xff\xfe garbage\nXin ch\xc3\xa0o\n", capture_output=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"},
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    assert "Answer: " + dict(read_pairs_file())["Xin chào"] in done.stdout.decode("utf-8")
+
+
+def test_a_phogpt_model_is_pointed_to_the_phogpt_scripts(tiny_phogpt):
+    for model in [tiny_phogpt, "vinai/PhoGPT-4B-Chat"]:
+        one_line_error(*run("--model", model)[::2], "PhoGPT", "phogpt_qlora.py", "phogpt_chat.py")
+
+
+@pytest.mark.parametrize("damage", ["truncated model.safetensors", "garbled tokenizer.json"])
+def test_a_damaged_saved_model_is_one_line(saved, tmp_path, damage):
+    folder, _ = saved
+    copy = tmp_path / "bot"
+    shutil.copytree(folder, copy)
+    name = damage.split()[1]
+    data = (copy / name).read_bytes()
+    (copy / name).write_bytes(data[: len(data) // 2] if "truncated" in damage else b"\xff" * 50)
+    one_line_error(*run("--load", str(copy))[::2], str(copy / name), "fix:")
