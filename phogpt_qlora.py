@@ -34,12 +34,18 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
 
+# Ctrl+C as it was before this script: put back on every way out (a notebook needs it).
+sigint_before = signal.getsignal(signal.SIGINT)
+
+
 def fail(message):
     """Bad input: one line to stderr, no traceback, exit 1."""
+    signal.signal(signal.SIGINT, sigint_before)
     sys.exit(f"error: {message}")
 
 
@@ -119,7 +125,6 @@ args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 
 rank = int(os.environ.get("RANK", "0"))
 world = int(os.environ.get("WORLD_SIZE", "1"))
-sigint_before = signal.getsignal(signal.SIGINT)
 
 
 def say(*text):
@@ -138,6 +143,11 @@ def stopped_before_training(*_):
 if "ipykernel" not in sys.modules:
     signal.signal(signal.SIGINT, stopped_before_training)
 
+# bitsandbytes (imported by peft) hints at an optional CPU kernel package: nothing to act on.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+# peft 0.21 still asks the model for is_gradient_checkpointing, which transformers 5.24 renamed.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+
 # Heavy imports come after the flags, so --help answers at once.
 import torch
 from peft import LoraConfig, get_peft_model
@@ -148,9 +158,6 @@ from transformers.training_args import OptimizerNames
 
 import prompts
 from phogpt_model import LOSS_CHUNK, PhoGPTConfig, load_phogpt, load_tokenizer, pick_dtype
-
-# bitsandbytes hints at an optional CPU kernel package: not something a student can act on.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 # The T4 figures are a rough formula, not measurements: these are its assumptions.
 T4_PRICE_PER_HOUR = 0.42
@@ -171,6 +178,12 @@ CHECKPOINT_FILES = ("adapter_config.json", "adapter_model.safetensors", "optimiz
 
 
 # ---- helpers (used twice below, or by the tests) ----
+def check_range(flag, value, low, high, hint):
+    """One line when a numeric flag is outside [low, high] (NaN is outside every range)."""
+    if not low <= value <= high:
+        fail(f"{flag} must be between {low:,} and {high:,} (got {value}); fix: try {hint}")
+
+
 def read_rows(source):
     """Yield (where, row) for each row of a JSONL/JSON/CSV file or a datasets hub dataset."""
     path = Path(source)
@@ -424,6 +437,16 @@ def write_atomically(path, write):
         partial.unlink(missing_ok=True)
 
 
+def disk_full(err):
+    """True for a write that failed for lack of space, however the library words it."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    # safetensors and torch.save report it in their own words.
+    text = str(err)
+    return any(sign in text for sign in ("os error 28", "os error 27", "os error 122",
+                                         "No space left", "failed writing", "unexpected pos"))
+
+
 def safetensors_complete(path):
     """True if the file holds every byte its header promises (a cut file does not)."""
     try:
@@ -462,8 +485,11 @@ def checkpoint_problem(folder):
 def draw_curve(path, history, title, steps_per_epoch):
     """Plot training (and held-out) loss per step, epochs on top; write it atomically."""
     # No pyplot: it would change a notebook's plotting backend.
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return False
     train_points = [(log["step"], log["loss"]) for log in history if "loss" in log]
     eval_points = [(log["step"], log["eval_loss"]) for log in history if "eval_loss" in log]
     if not train_points:
@@ -583,12 +609,6 @@ dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.g
 dtype = dtype or pick_dtype(device)
 
 
-def check_range(flag, value, low, high, hint):
-    """One line when a numeric flag is outside [low, high] (NaN is outside every range)."""
-    if not low <= value <= high:
-        fail(f"{flag} must be between {low:,} and {high:,} (got {value}); fix: try {hint}")
-
-
 # Zero or negative values would train nothing, or silently cut every example.
 if not 0 < args.epochs <= 100_000:
     fail(f"--epochs must be > 0 and <= 100,000 (got {args.epochs}); fix: try 30")
@@ -607,7 +627,7 @@ check_range("--max-length", args.max_length, 16, 1_000_000, "1024")
 check_range("--save-steps", args.save_steps, 1, 10_000_000, "100")
 check_range("--recall-limit", args.recall_limit, -1, 10_000_000, "0 (all) or -1 (none)")
 check_range("--seed", args.seed, 0, 2**32 - 1, "42")
-logging_steps = 0
+logging_steps, tokens_before = 0, 0
 if args.logging_steps != "auto":
     if not args.logging_steps.isdigit() or int(args.logging_steps) < 1:
         fail(f"--logging-steps must be auto or a whole number >= 1 (got {args.logging_steps}); "
@@ -646,7 +666,8 @@ if not args.dry_run and not args.resume and out_dir.is_dir() and any(out_dir.ite
 if args.resume and not args.dry_run:
     if not out_dir.is_dir():
         fail(f"--resume: {out_dir} does not exist; fix: drop --resume to start afresh")
-    checkpoints = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = [p for p in out_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    checkpoints.sort(key=lambda p: int(p.name.split("-")[-1]))
     # The newest first: a save cut short (a kill, a second Ctrl+C, a full disk) is skipped.
     last, skipped = None, []
     for folder in reversed(checkpoints):
@@ -705,6 +726,19 @@ say(f"{len(examples)} examples from {data_name}, template '{template}': tokens m
     + (f", {dropped} of them dropped (no answer left)" if dropped else ""))
 if eval_name:
     say(f"{len(eval_examples)} held-out examples from {eval_name}")
+# Optimizer steps, as the Trainer counts them (torchrun splits the rows between processes).
+batches = math.ceil(math.ceil(len(examples) / world) / args.batch_size)
+steps_per_epoch = max(1, math.ceil(batches / args.grad_accum))
+total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * steps_per_epoch)
+# About 20 points on every curve; every step when a run has fewer than 40.
+logging_steps = logging_steps or max(1, total_steps // 20)
+if args.resume and not args.dry_run:
+    state_text = (last / "trainer_state.json").read_text(encoding="utf-8")
+    done_steps = json.loads(state_text)["global_step"]
+    tokens_before = json.loads(state_text)["num_input_tokens_seen"]
+    if done_steps >= total_steps:
+        fail(f"--resume: {last.name} already reached step {done_steps} of {total_steps}; "
+             "fix: raise --epochs (or --max-steps) to train longer, or drop --resume")
 
 if args.dry_run:
     say(f"dry run: {data_name} is valid ({len(shapes)} rows).")
@@ -764,12 +798,6 @@ say(f"{model_name}: {weights} weights, {str(dtype).split('.')[1]} compute on {gp
     f"LoRA r={args.lora_r}: {trainable:,} trainable parameters")
 
 # ---- train ----
-# Optimizer steps, as the Trainer counts them (torchrun splits the rows between processes).
-batches = math.ceil(math.ceil(len(examples) / world) / args.batch_size)
-steps_per_epoch = max(1, math.ceil(batches / args.grad_accum))
-total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * steps_per_epoch)
-# About 20 points on every curve; every step when a run has fewer than 40.
-logging_steps = logging_steps or max(1, total_steps // 20)
 settings = TrainingArguments(
     output_dir=str(out_dir), seed=args.seed, per_device_train_batch_size=args.batch_size,
     per_device_eval_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
@@ -799,17 +827,14 @@ data_label = f"{Path(data_name).name} ({len(examples)} rows)"
 title = f"{Path(model_name).name} on {data_label}"
 redraw = functools.partial(draw_curve, out_dir / "loss_curve.png", title=title,
                            steps_per_epoch=steps_per_epoch)
+progress = ReadableProgress(redraw)
 trainer.remove_callback(ProgressCallback)
-trainer.add_callback(ReadableProgress(redraw))
+trainer.add_callback(progress)
 
 if args.resume:
     for note in skipped:
         say(f"skipping {note}")
     say(f"resuming from {last} (adapter, optimizer, schedule and random state)")
-    done = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-    if done >= total_steps:
-        fail(f"--resume: {last.name} already reached step {done} of {total_steps}; "
-             "fix: raise --epochs (or --max-steps) to train longer, or drop --resume")
 # The new input is valid and the model is loaded: only now does an old run make way.
 previous = out_dir / "previous-run"
 if rank == 0 and args.overwrite and out_dir.is_dir():
@@ -825,14 +850,15 @@ if rank == 0:
     write_atomically(out_dir / RUN_FILE, lambda p: p.write_text(run_text, encoding="utf-8"))
 if cuda:
     torch.cuda.reset_peak_memory_stats()
-ctrl_c = SaveOnCtrlC()
-tokens_before = 0
-if args.resume:
-    state_text = (last / "trainer_state.json").read_text(encoding="utf-8")
-    tokens_before = json.loads(state_text)["num_input_tokens_seen"]
+trainer.add_callback(SaveOnCtrlC())
 started = time.time()
 try:
-    trainer.train(resume_from_checkpoint=str(last) if args.resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(last) if args.resume else None)
+    finally:
+        # A run that stops early leaves its bar open: close it, so what follows has its own line.
+        if progress.training_bar is not None:
+            progress.training_bar.close()
 except torch.OutOfMemoryError:
     fail(f"out of GPU memory with --batch-size {args.batch_size} and --max-length "
          f"{args.max_length}; fix: halve --batch-size, lower --max-length, "
@@ -841,15 +867,17 @@ except KeyboardInterrupt:
     say(f"stopped at once by a second Ctrl+C; the last complete checkpoint in {out_dir} "
         "is kept (rerun with --resume)")
     sys.exit(130)
-except OSError as err:
-    if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+except Exception as err:
+    if not disk_full(err):
         raise
-    fail(f"could not write a checkpoint in {out_dir} ({err.strerror}); "
+    fail(f"could not write a checkpoint in {out_dir} (the disk is full); "
          "fix: free some disk space, then rerun with --resume")
 train_seconds = time.time() - started
 # While saving, Ctrl+C waits: a half-saved adapter would look finished.
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-if SaveOnCtrlC.interrupted:
+# (A Ctrl+C after the last step stops after the save below instead.)
+finished = trainer.state.global_step >= trainer.state.max_steps
+if SaveOnCtrlC.interrupted and not finished:
     say(f"stopped by Ctrl+C at step {trainer.state.global_step}; "
         f"checkpoint saved in {out_dir}; rerun with --resume")
     signal.signal(signal.SIGINT, sigint_before)
@@ -873,8 +901,10 @@ try:
     (staging / "README.md").unlink(missing_ok=True)
     for saved in sorted(staging.iterdir(), key=lambda p: p.name == "adapter_config.json"):
         os.replace(saved, out_dir / saved.name)
-except OSError as err:
-    fail(f"could not save the adapter in {out_dir} ({err.strerror}); "
+except Exception as err:
+    if not disk_full(err):
+        raise
+    fail(f"could not save the adapter in {out_dir} (the disk is full); "
          "fix: free some disk space, then rerun with --resume")
 finally:
     shutil.rmtree(staging, ignore_errors=True)
@@ -887,6 +917,8 @@ def stopped_after_saving(*_):
     sys.exit(130)
 
 
+if SaveOnCtrlC.interrupted:
+    stopped_after_saving()
 if "ipykernel" not in sys.modules:
     signal.signal(signal.SIGINT, stopped_after_saving)
 
@@ -995,8 +1027,10 @@ try:
     ])
     write_atomically(out_dir / "README.md", lambda p: p.write_text(card, encoding="utf-8"))
     written.append("README.md")
-except OSError as err:
-    fail(f"could not write the report in {out_dir} ({err.strerror}); the adapter is saved; "
+except Exception as err:
+    if not disk_full(err):
+        raise
+    fail(f"could not write the report in {out_dir} (the disk is full); the adapter is saved; "
          "fix: free some disk space")
 signal.signal(signal.SIGINT, sigint_before)
 say(f"{summary['tokens_per_s']:,.0f} tokens/s, peak {summary['peak_memory_gib']:.2f} GiB, "
