@@ -407,6 +407,32 @@ def test_running_the_module_writes_a_tiny_phogpt_for_offline_demos(tmp_path):
     assert run("--output", str(tmp_path / "tiny-phogpt"), "--overwrite").returncode == 0
 
 
+def test_tiny_phogpt_takes_a_shape_checks_it_and_writes_atomically(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "tiny_phogpt.py"), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    done = run("--output", str(tmp_path / "wide"), "--d-model", "32", "--n-layers", "1",
+               "--n-heads", "2")
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "wide" / "config.json").read_text(encoding="utf-8"))
+    assert (config["d_model"], config["n_layers"], config["n_heads"]) == (32, 1, 2)
+    # Written under OUTPUT.partial, then renamed: nothing else is left.
+    assert os.listdir(tmp_path) == ["wide"]
+    for flags in (["--d-model", "30", "--n-heads", "4"], ["--n-layers", "0"], ["--seed", "-1"],
+                  ["--no-such-flag"], ["--output", str(tmp_path / "wide" / "config.json")]):
+        bad = run(*flags)
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+        assert bad.stderr.startswith("error: ")
+    # --help is instant: torch is not imported to print it.
+    code = ("import runpy, sys; sys.argv = ['tiny_phogpt.py', '--help']\n"
+            "try:\n    runpy.run_path('tiny_phogpt.py', run_name='__main__')\n"
+            "except SystemExit:\n    print('torch' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.stdout.strip().endswith("False") and "(default: 64)" in shown.stdout
+
+
 def test_missing_or_unexpected_tensors_are_errors(tiny_phogpt, tmp_path):
     import shutil
     state = load_file(os.path.join(tiny_phogpt, "model.safetensors"))
