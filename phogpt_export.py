@@ -382,13 +382,26 @@ if args.gguf != "none":
     # ---- Ollama Modelfile and README (template strings come from prompts.py) ----
     if template == "chat":
         head, tail, stop = prompts.PHOGPT_USER_FIRST, prompts.PHOGPT_ASSISTANT, "chat"
+        later = prompts.PHOGPT_USER_NEXT
     else:
         head, tail, stop = prompts.INSTRUCT_USER, prompts.INSTRUCT_ASSISTANT, "instruct"
+        later = prompts.INSTRUCT_TURN_SEPARATOR + prompts.INSTRUCT_USER
+    # Ollama's Go template over the whole chat, so that later turns see the earlier ones exactly
+    # as prompts.generation_prompt writes them (a {{ .Prompt }} template loses the separators
+    # and the EOS between turns); system text goes before the first question, as in our chat
+    system = "{{ if $.System }}{{ $.System }}\n\n{{ end }}"
+    question = ("{{ if $first }}" + head + system + "{{ else }}" + later + "{{ end }}"
+                + "{{ .Content }}")
+    answer = tail + " {{ .Content }}" + tokenizer.eos_token
+    ollama_template = ("{{ $first := true }}{{ range .Messages }}"
+                       + '{{ if eq .Role "user" }}' + question + "{{ $first = false }}"
+                       + '{{ else if eq .Role "assistant" }}' + answer
+                       + "{{ end }}{{ end }}" + tail)
     name = gguf_path.name
     # Ollama's triple quotes keep newlines as typed: the stop string starts with a real newline
     modelfile = f'''# ollama create phogpt -f Modelfile && ollama run phogpt
 FROM ./{name}
-TEMPLATE """{head}{{{{ .Prompt }}}}{tail}"""
+TEMPLATE """{ollama_template}"""
 PARAMETER stop """{prompts.STOP_STRINGS[stop]}"""
 PARAMETER stop "{tokenizer.eos_token}"
 PARAMETER temperature 1.0

@@ -182,6 +182,44 @@ def answer_in_llama_cpp(llm, tokenizer, question):
     return tokenizer.decode(new)
 
 
+CONVERSATIONS = [
+    [{"role": "user", "content": "Xin chào"}],
+    [{"role": "system", "content": "Trả lời ngắn."}, {"role": "user", "content": "Xin chào"}],
+    [{"role": "user", "content": "Hà Nội ở đâu?"}, {"role": "assistant", "content": "Miền Bắc."},
+     {"role": "user", "content": "Còn Huế?"}],
+]
+GO_RENDER = """package main
+
+import (
+\t"encoding/json"
+\t"os"
+\t"text/template"
+)
+
+func main() {
+\tsource, _ := os.ReadFile(os.Args[1])
+\tvar messages []struct{ Role, Content string }
+\tjson.Unmarshal([]byte(os.Args[2]), &messages)
+\ttemplate.Must(template.New("").Parse(string(source))).Execute(os.Stdout,
+\t\tmap[string]any{"Messages": messages, "System": os.Args[3]})
+}
+"""
+
+
+def render_with_go(template, conversation, tmp_path):
+    """The prompt Ollama builds from the Modelfile's TEMPLATE (Go's text/template), via `go run`."""
+    (tmp_path / "render.go").write_text(GO_RENDER, encoding="utf-8")
+    (tmp_path / "template.txt").write_text(template, encoding="utf-8")
+    messages = json.dumps([{"Role": m["role"], "Content": m["content"]} for m in conversation])
+    # Ollama passes the system messages, joined, as .System (and keeps them in .Messages)
+    system = "\n\n".join(m["content"] for m in conversation if m["role"] == "system")
+    env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(tmp_path / "gocache")}
+    done = subprocess.run(["go", "run", "render.go", "template.txt", messages, system],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 # ---- the GGUF computes what our model computes ----
 @pytest.mark.parametrize("kind", ["biases", "no-bias"])
 def test_f32_gguf_gives_our_greedy_tokens_and_logits(bases, kind, tmp_path, capsys):
@@ -350,8 +388,16 @@ def test_merged_adapter_answers_the_faq_in_llama_cpp(bases, adapter, tmp_path, c
     assert tokenizer.decode(alone, skip_special_tokens=True) != " " + answer
     modelfile = (tmp_path / "g" / "Modelfile").read_text(encoding="utf-8")
     assert "FROM ./phogpt-f32.gguf\n" in modelfile
-    template = prompts.PHOGPT_USER_FIRST + "{{ .Prompt }}" + prompts.PHOGPT_ASSISTANT
-    assert f'TEMPLATE """{template}"""' in modelfile
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert "{{ if $first }}" + prompts.PHOGPT_USER_FIRST in template
+    assert "{{ else }}" + prompts.PHOGPT_USER_NEXT + "{{ end }}{{ .Content }}" in template
+    assert prompts.PHOGPT_ASSISTANT + " {{ .Content }}</s>" in template
+    assert template.endswith("{{ end }}{{ end }}" + prompts.PHOGPT_ASSISTANT)
+    if shutil.which("go"):
+        # Ollama renders with Go's text/template: the prompts must be ours, byte for byte
+        for conversation in CONVERSATIONS:
+            expected = prompts.generation_prompt(conversation, "</s>")
+            assert render_with_go(template, conversation, tmp_path) == expected
     assert f'PARAMETER stop """{prompts.STOP_STRINGS["chat"]}"""' in modelfile
     assert 'PARAMETER stop "</s>"' in modelfile
     for line in ["temperature 1.0", "top_p 0.9", "top_k 50"]:
