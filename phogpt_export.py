@@ -29,14 +29,14 @@ import prompts
 GGUF_TYPES = ["none", "f32", "f16", "q8_0", "q4_k_m"]
 
 # ---- flags ----
-parser = argparse.ArgumentParser(description=__doc__,
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--model", default="auto",
                     help="base: hub id or folder; auto: the base the --adapter was trained on, "
                     "else vinai/PhoGPT-4B-Chat")
-parser.add_argument("--adapter", default="",
+parser.add_argument("--adapter", default="none",
                     help="LoRA adapter folder (the --output of phogpt_qlora.py); "
-                    "empty: export the base alone")
+                    "none: export the base alone")
 parser.add_argument("--output", default="phogpt-export", help="folder to write")
 parser.add_argument("--gguf", default="q4_k_m", choices=GGUF_TYPES,
                     help="GGUF weights: q4_k_m (~2.3 GB for 4B), q8_0 (~3.9 GB), f16, f32; "
@@ -64,6 +64,8 @@ parser.error = fail
 args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 
 # ---- settle defaults and check every input (before any work) ----
+if args.adapter == "none":
+    args.adapter = ""
 adapter_base = None
 if args.adapter:
     adapter_config = Path(args.adapter, "adapter_config.json")
