@@ -72,9 +72,9 @@ parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (1
 parser.add_argument("--grad-accum", type=int, default=1, help="steps per update (1..1024)")
 parser.add_argument("--max-length", type=int, default=1024,
                     help="prompt + answer in tokens (8..65536); longer answers are cut")
-parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps")
+parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (>= 1)")
 parser.add_argument("--logging-steps", type=int, default=0,
-                    help="print a line every N steps (0: about 20 lines per run)")
+                    help="a progress line every N steps (>= 0; 0: about 20 per run)")
 parser.add_argument("--seed", type=int, default=42, help="random seed (0..2**32-1)")
 
 
@@ -270,7 +270,6 @@ if out_dir.is_dir() and any(out_dir.iterdir()) and not (args.overwrite or args.r
     fail(f"--output {out_dir} already exists; "
          "fix: pick another --output, add --overwrite, or --resume to continue")
 
-
 last, skipped = None, []
 if args.resume:
     found = [p for p in out_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
@@ -427,7 +426,7 @@ if progress.interrupted:
     sys.exit(130)
 
 # ---- report: the margin before (the frozen "ref" copy) and after (the trained adapter) ----
-# The first 64 pairs, as trl tokenized them: enough to see the change, quick on a T4.
+# The first 64 pairs, as trl tokenized them: enough to see the change, not a second epoch.
 rows = trainer.train_dataset.select(range(min(64, kept)))
 model = trainer.model
 model.set_adapter("ref")
