@@ -97,6 +97,11 @@ if output.exists() and not output.is_dir():
     fail(f"--output {output} is a file; fix: pick a folder name for --output")
 if output.is_dir() and any(output.iterdir()) and not args.overwrite:
     fail(f"--output {output} already exists; fix: add --overwrite or pick another --output")
+# --overwrite replaces the whole folder: never the model or adapter this run reads from
+for flag, source in [("--model", model_name), ("--adapter", args.adapter)]:
+    source_path = Path(source).resolve()
+    if source and source_path.is_dir() and output.resolve() in [source_path, *source_path.parents]:
+        fail(f"--output {output} would replace {flag} {source}; fix: pick another --output")
 llama_cpp = None
 if args.gguf != "none":
     try:

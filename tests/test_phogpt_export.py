@@ -443,6 +443,8 @@ def test_bad_input_gets_one_line(bases, tmp_path):
         (["--model", bases["biases"], "--load-in", "4bit"], "unrecognized arguments"),
         (["--model", bases["biases"], "--gguf", "none"], "nothing to export"),
         (["--model", bases["biases"], "--merge"], "--merge needs an adapter"),
+        (["--model", bases["biases"], "--output", Path(bases["biases"]).parent, "--overwrite"],
+         "would replace --model"),
     ]
     for args, message in cases:
         done = run(*args)
