@@ -50,8 +50,8 @@ parser.add_argument("--template", default="auto", choices=["auto", "chat", "inst
 parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                     help="where to merge (auto: cuda if there is one)")
 parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                    help="weights while merging; auto: fp32 for --gguf f32, else bf16 "
-                    "(PhoGPT's own), fp16 on a GPU without bf16")
+                    help="weights while merging; auto: as stored: fp32 for --gguf f32, fp16 for "
+                    "the other GGUFs, bf16 for --gguf none (fp16 on a GPU without bf16)")
 parser.add_argument("--overwrite", action="store_true", help="replace an --output that exists")
 
 
@@ -140,8 +140,12 @@ if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
 cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype)
+# merge in the dtype the result is stored in, so the LoRA update is rounded once: f32 and f16
+# GGUFs (q8_0 and q4_k_m start from f16), bf16 safetensors (PhoGPT's own dtype)
 if dtype is None and args.gguf == "f32":
     dtype = torch.float32
+if dtype is None and args.gguf != "none":
+    dtype = torch.float16
 if dtype is None:
     dtype = torch.float16 if device == "cuda" and not cuda_bf16 else torch.bfloat16
 
