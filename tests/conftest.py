@@ -1,4 +1,5 @@
-"""Shared test fixtures: a tiny PhoGPT-4B-Chat-format checkpoint, built once per test session (< 1 s)."""
+"""Shared test fixtures: a tiny PhoGPT-4B-Chat-format checkpoint, built once per session (< 1 s)."""
+
 import glob
 import json
 import os
@@ -7,7 +8,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # tests import the top-level scripts and modules
+# Tests import the top-level scripts and modules
+sys.path.insert(0, ROOT)
 
 import prompts  # noqa: E402
 from tiny_phogpt import save_tiny_checkpoint  # noqa: E402
@@ -29,18 +31,22 @@ def tokenizer_texts():
     """Text the tiny tokenizer is trained on: data/*.jsonl plus prompts.py's template strings."""
     texts = [v for v in vars(prompts).values() if isinstance(v, str) and not v.startswith("__")]
     texts += list(prompts.STOP_STRINGS.values())
-    texts += ["Xin chào! Tôi là PhoGPT, một trợ lý ảo tiếng Việt.", "Hà Nội là thủ đô của Việt Nam."]
+    texts += [
+        "Xin chào! Tôi là PhoGPT, một trợ lý ảo tiếng Việt.",
+        "Hà Nội là thủ đô của Việt Nam.",
+    ]
     for name in sorted(glob.glob(os.path.join(ROOT, "data", "*.jsonl"))):
         with open(name, encoding="utf-8") as f:
             for line in f:
                 try:
                     texts += list(_strings(json.loads(line)))
                 except ValueError:
-                    texts.append(line)  # a deliberately broken row is still text
+                    # A deliberately broken row is still text
+                    texts.append(line)
     return [prompts.nfc(t) for t in texts]
 
 
 @pytest.fixture(scope="session")
 def tiny_phogpt(tmp_path_factory):
-    """Path of a tiny random PhoGPT-4B-Chat-format checkpoint (config.json, model.safetensors, tokenizer)."""
+    """A tiny random PhoGPT-4B-Chat-format checkpoint: config.json, model.safetensors, tokenizer."""
     return save_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_phogpt")), tokenizer_texts())

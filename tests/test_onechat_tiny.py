@@ -1,4 +1,5 @@
 """onechat_tiny.py end to end: run the script as a student would, read what it prints and saves."""
+
 import json
 import os
 import re
@@ -21,16 +22,27 @@ PAIRS_FILE = ROOT / "data" / "onechat_pairs.txt"
 def run(*flags, stdin=None, env=None, timeout=120):
     """Run onechat_tiny.py in a fresh process, offline; return (exit code, stdout, stderr)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
-    done = subprocess.run([sys.executable, SCRIPT, *flags], input=stdin, capture_output=True, text=True,
-                          encoding="utf-8", env=full_env, cwd=ROOT, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, *flags],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=full_env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
     return done.returncode, done.stdout, done.stderr
 
 
 def answers(stdout):
     """{question: answer} from the 'Question: ...' / 'Answer: ...' lines the script prints."""
     lines = stdout.splitlines()
-    return {q[len("Question: "):]: a[len("Answer: "):] for q, a in zip(lines, lines[1:])
-            if q.startswith("Question: ") and a.startswith("Answer: ")}
+    return {
+        q[len("Question: ") :]: a[len("Answer: ") :]
+        for q, a in zip(lines, lines[1:])
+        if q.startswith("Question: ") and a.startswith("Answer: ")
+    }
 
 
 def without_timings(stdout):
@@ -38,8 +50,11 @@ def without_timings(stdout):
 
 
 def read_pairs_file():
-    return [tuple(p.strip() for p in line[len("Question:"):].split("Answer:"))
-            for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines() if line.startswith("Question:")]
+    return [
+        tuple(p.strip() for p in line[len("Question:") :].split("Answer:"))
+        for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("Question:")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +64,7 @@ def default_run():
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """Train on the sample pairs file and save; shared by the save/load, chat and fine-tune tests."""
+    """Train on the sample pairs file and save; shared by the save/load, chat, fine-tune tests."""
     folder = tmp_path_factory.mktemp("onechat") / "model"
     code, out, err = run("--data", str(PAIRS_FILE), "--output", str(folder))
     assert code == 0, err
@@ -61,10 +76,13 @@ def test_default_run_memorises_the_sentence_and_stops_on_eos(default_run):
     assert code == 0, err
     epochs = re.findall(r"^\(\d+\.\d{3}s\) Epoch (\d+), Loss (\d+\.\d{6})$", out, re.M)
     assert epochs and [int(e) for e, _ in epochs] == list(range(1, len(epochs) + 1))
-    assert float(epochs[-1][1]) < float(epochs[0][1])  # the loss went down
+    # The loss went down
+    assert float(epochs[-1][1]) < float(epochs[0][1])
     match = re.search(r"^Exact answer after (\d+) epochs, [\d.]+ s of training\.$", out, re.M)
-    assert match and int(match.group(1)) == len(epochs)  # it stopped at the first exact epoch
-    # The answer is exactly the sentence's answer, with nothing after it: the model emitted EOS itself.
+    # It stopped at the first exact epoch
+    assert match and int(match.group(1)) == len(epochs)
+    # The answer is exactly the sentence's answer, with nothing after it: the model emitted EOS
+    # itself.
     assert answers(out) == {"Xin chào": "Công ty BICweb kính chào quý khách!"}
     assert "no EOS" not in out and "Traceback" not in err
 
@@ -74,16 +92,27 @@ def test_nfd_input_gives_the_same_run_as_nfc(default_run):
     assert nfd != SENTENCE
     code, out, err = run("--sentence", nfd)
     assert code == 0, err
-    # Same tokens, same seed: the same losses and answer, printed in NFC (also shows runs are reproducible).
+    # Same tokens, same seed: the same losses and answer, printed in NFC (also shows runs are
+    # reproducible).
     assert without_timings(out) == without_timings(default_run[1])
     assert unicodedata.is_normalized("NFC", out)
 
 
 def test_pasted_in_a_notebook_ignores_the_kernel_argv():
-    code = ("import runpy, sys; sys.modules['ipykernel'] = sys; "
-            f"sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel-1.json']; runpy.run_path({SCRIPT!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
-                          env={**os.environ, "PYTHONIOENCODING": "utf-8"}, cwd=ROOT, timeout=120)
+    code = (
+        "import runpy, sys; sys.modules['ipykernel'] = sys; "
+        "sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel-1.json']; "
+        f"runpy.run_path({SCRIPT!r}, run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert answers(done.stdout) == {"Xin chào": "Công ty BICweb kính chào quý khách!"}
 
@@ -104,7 +133,8 @@ def test_load_answers_identically_without_training(saved):
     folder, out = saved
     code, loaded, err = run("--load", str(folder))
     assert code == 0, err
-    assert "Epoch" not in loaded  # no training
+    # No training
+    assert "Epoch" not in loaded
     assert answers(loaded) == answers(out)
 
 
@@ -114,15 +144,19 @@ def test_chat_answers_in_a_loop_until_an_empty_line_or_end_of_input(saved):
     questions = ["Công ty ở đâu?", unicodedata.normalize("NFD", "Cảm ơn bạn"), "", "Xin chào"]
     code, out, err = run("--load", str(folder), "--chat", stdin="\n".join(questions) + "\n")
     assert code == 0, err
-    assert re.findall(r"Answer: (.*)", out) == [pairs["Công ty ở đâu?"], pairs["Cảm ơn bạn"]]  # stopped at ""
+    # Stopped at ""
+    assert re.findall(r"Answer: (.*)", out) == [pairs["Công ty ở đâu?"], pairs["Cảm ơn bạn"]]
     # --prompt answers one question first; then the loop ends at end of input (Ctrl+D).
-    code, out, err = run("--load", str(folder), "--prompt", "Question: Mấy giờ mở cửa?", "--chat", stdin="Xin chào\n")
+    code, out, err = run(
+        "--load", str(folder), "--prompt", "Question: Mấy giờ mở cửa?", "--chat", stdin="Xin chào\n"
+    )
     assert code == 0, err
     assert re.findall(r"Answer: (.*)", out) == [pairs["Mấy giờ mở cửa?"], pairs["Xin chào"]]
 
 
 def test_fine_tunes_a_hub_model_id_from_the_local_cache_tokenizer_without_pad(saved, tmp_path):
     from transformers import AutoTokenizer
+
     folder, _ = saved
     assert AutoTokenizer.from_pretrained(folder).pad_token is None
     # Lay the saved model out as the hub cache does, so the model id resolves offline.
@@ -132,31 +166,58 @@ def test_fine_tunes_a_hub_model_id_from_the_local_cache_tokenizer_without_pad(sa
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
     data = tmp_path / "new.jsonl"
-    data.write_text(json.dumps({"question": "Bạn tên gì?", "answer": "Tôi là trợ lý ảo của BICweb."},
-                               ensure_ascii=False) + "\n", encoding="utf-8")
-    code, out, err = run("--model", "onechat/tiny-test", "--data", str(data), "--lr", "3e-3", "--epochs", "100",
-                         env={"HF_HOME": str(tmp_path)})
+    data.write_text(
+        json.dumps(
+            {"question": "Bạn tên gì?", "answer": "Tôi là trợ lý ảo của BICweb."},
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    code, out, err = run(
+        "--model",
+        "onechat/tiny-test",
+        "--data",
+        str(data),
+        "--lr",
+        "3e-3",
+        "--epochs",
+        "100",
+        env={"HF_HOME": str(tmp_path)},
+    )
     assert code == 0, err
     assert "Model onechat/tiny-test:" in out and "lr 0.003" in out
     assert answers(out) == {"Bạn tên gì?": "Tôi là trợ lý ảo của BICweb."}
 
 
 def test_jsonl_data_nfd_and_full_loss(tmp_path):
-    rows = [{"question": "Chào buổi sáng", "answer": "Chúc quý khách một ngày tốt lành!"},
-            {"question": unicodedata.normalize("NFD", "Tạm biệt"), "answer": unicodedata.normalize("NFD", "Hẹn gặp lại quý khách!")}]
+    rows = [
+        {"question": "Chào buổi sáng", "answer": "Chúc quý khách một ngày tốt lành!"},
+        {
+            "question": unicodedata.normalize("NFD", "Tạm biệt"),
+            "answer": unicodedata.normalize("NFD", "Hẹn gặp lại quý khách!"),
+        },
+    ]
     data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    data.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8"
+    )
     code, out, err = run("--data", str(data), "--loss", "full")
     assert code == 0, err
     assert "loss on full" in out
-    assert answers(out) == {"Chào buổi sáng": "Chúc quý khách một ngày tốt lành!", "Tạm biệt": "Hẹn gặp lại quý khách!"}
+    assert answers(out) == {
+        "Chào buổi sáng": "Chúc quý khách một ngày tốt lành!",
+        "Tạm biệt": "Hẹn gặp lại quý khách!",
+    }
 
 
 def test_sweep_prints_a_markdown_table():
     code, out, err = run("--sweep", "1x16,2x32")
     assert code == 0, err
     rows = [line for line in out.splitlines() if line.startswith("|")]
-    assert rows[0] == "| model | parameters | lr | epochs to exact | seconds | final loss | answer |"
+    assert (
+        rows[0] == "| model | parameters | lr | epochs to exact | seconds | final loss | answer |"
+    )
     assert [r.split("|")[1].strip() for r in rows[2:]] == ["scratch 1x16", "scratch 2x32"]
     for row in rows[2:]:
         cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -179,23 +240,29 @@ def one_line_error(code, err, *words):
         assert word in err
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--sentence", "Xin chào, Công ty BICweb kính chào quý khách!"], ["--sentence", "Question: ... Answer: ..."]),
-    (["--sentence", "Question: Xin chào Answer:   "], ["empty"]),
-    (["--data", "no/such/file.txt"], ["no such file"]),
-    (["--lr", "0"], ["--lr", "out of range"]),
-    (["--lr", "3"], ["--lr", "out of range"]),
-    (["--epochs", "0"], ["--epochs", "out of range"]),
-    (["--max-length", "4"], ["--max-length", "out of range"]),
-    (["--batch-size", "0"], ["--batch-size", "out of range"]),
-    (["--size", "2x7"], ["LAYERSxWIDTH"]),
-    (["--loss", "question"], ["--loss"]),
-    (["--load", "no/such/folder"], ["--load", "onechat_run.json"]),
-    (["--prompt", "  "], ["--prompt"]),
-    (["--no-such-flag"], ["--no-such-flag"]),
-    (["--sweep", "--chat"], ["--sweep", "--chat"]),
-    (["--max-length", "10"], ["tokens, more than --max-length 10"]),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (
+            ["--sentence", "Xin chào, Công ty BICweb kính chào quý khách!"],
+            ["--sentence", "Question: ... Answer: ..."],
+        ),
+        (["--sentence", "Question: Xin chào Answer:   "], ["empty"]),
+        (["--data", "no/such/file.txt"], ["no such file"]),
+        (["--lr", "0"], ["--lr", "out of range"]),
+        (["--lr", "3"], ["--lr", "out of range"]),
+        (["--epochs", "0"], ["--epochs", "out of range"]),
+        (["--max-length", "4"], ["--max-length", "out of range"]),
+        (["--batch-size", "0"], ["--batch-size", "out of range"]),
+        (["--size", "2x7"], ["LAYERSxWIDTH"]),
+        (["--loss", "question"], ["--loss"]),
+        (["--load", "no/such/folder"], ["--load", "onechat_run.json"]),
+        (["--prompt", "  "], ["--prompt"]),
+        (["--no-such-flag"], ["--no-such-flag"]),
+        (["--sweep", "--chat"], ["--sweep", "--chat"]),
+        (["--max-length", "10"], ["tokens, more than --max-length 10"]),
+    ],
+)
 def test_bad_flags_give_one_clear_line(flags, words):
     one_line_error(*run(*flags)[::2], *words)
 
@@ -205,39 +272,50 @@ def test_bad_data_files_give_one_clear_line_with_the_line_number(tmp_path):
     empty.write_text("# only a comment\n\n", encoding="utf-8")
     one_line_error(*run("--data", str(empty))[::2], "no Question/Answer pairs")
     bad_json = tmp_path / "bad.jsonl"
-    bad_json.write_text('{"question": "Xin chào", "answer": "Chào bạn!"}\n{"prompt": "Xin chào"}\n', encoding="utf-8")
+    bad_json.write_text(
+        '{"question": "Xin chào", "answer": "Chào bạn!"}\n{"prompt": "Xin chào"}\n',
+        encoding="utf-8",
+    )
     one_line_error(*run("--data", str(bad_json))[::2], "line 2", "question")
     bad_text = tmp_path / "bad.txt"
     bad_text.write_text(SENTENCE + "\n\nXin chào mà không có câu trả lời\n", encoding="utf-8")
     one_line_error(*run("--data", str(bad_text))[::2], "line 3")
 
 
-@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}])
+@pytest.mark.parametrize(
+    "env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}]
+)
 def test_unreachable_hub_model_says_so_and_suggests_the_offline_default(env, tmp_path):
-    code, out, err = run("--model", "roneneldan/TinyStories-33M", env={**env, "HF_HOME": str(tmp_path)}, timeout=60)
+    code, out, err = run(
+        "--model", "roneneldan/TinyStories-33M", env={**env, "HF_HOME": str(tmp_path)}, timeout=60
+    )
     one_line_error(code, err, "TinyStories-33M", "cannot be reached", "without --model")
 
 
 def test_unavailable_device_says_so():
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     one_line_error(*run("--device", "cuda")[::2], "--device cuda", "--device cpu")
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--seed", "-1"], ["--seed", "out of range"]),
-    (["--batch-size", "100000"], ["--batch-size", "out of range"]),
-    (["--max-length", "1000000000"], ["--max-length", "out of range"]),
-    (["--epochs", "1000000000"], ["--epochs", "out of range"]),
-    (["--epochs", "-3"], ["--epochs", "out of range"]),
-    (["--lr", "nan"], ["--lr", "out of range"]),
-    (["--lr", "-0.001"], ["--lr", "out of range"]),
-    (["--lr", "fast"], ["--lr", "out of range"]),
-    (["--size", "1000x64"], ["--size", "LAYERSxWIDTH"]),
-    (["--size", "2x99999"], ["--size", "LAYERSxWIDTH"]),
-    (["--device", "tpu"], ["--device"]),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--seed", "-1"], ["--seed", "out of range"]),
+        (["--batch-size", "100000"], ["--batch-size", "out of range"]),
+        (["--max-length", "1000000000"], ["--max-length", "out of range"]),
+        (["--epochs", "1000000000"], ["--epochs", "out of range"]),
+        (["--epochs", "-3"], ["--epochs", "out of range"]),
+        (["--lr", "nan"], ["--lr", "out of range"]),
+        (["--lr", "-0.001"], ["--lr", "out of range"]),
+        (["--lr", "fast"], ["--lr", "out of range"]),
+        (["--size", "1000x64"], ["--size", "LAYERSxWIDTH"]),
+        (["--size", "2x99999"], ["--size", "LAYERSxWIDTH"]),
+        (["--device", "tpu"], ["--device"]),
+    ],
+)
 def test_every_numeric_flag_is_checked_with_its_range(flags, words):
     one_line_error(*run(*flags)[::2], *words)
 
@@ -257,8 +335,15 @@ def test_output_with_files_is_kept_unless_overwrite(tmp_path):
     code, out, err = run("--output", str(folder), "--overwrite")
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["config.json", "generation_config.json", "model.safetensors", "onechat_run.json",
-         "tokenizer.json", "tokenizer_config.json"])
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "onechat_run.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
     # Saved under a temporary name, then renamed: nothing else is left next to it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bot"]
 
@@ -276,10 +361,22 @@ def test_output_that_cannot_be_written_is_one_line_and_saves_nothing(tmp_path):
 
 def start(*flags):
     """Start onechat_tiny.py as a student would in a terminal (Ctrl+C sends SIGINT)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, SCRIPT, *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env, cwd=ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 # When Ctrl+C comes: during the imports, the first epochs, or later in training.
@@ -332,10 +429,14 @@ def test_utf16_data_trains_like_utf8_and_other_encodings_are_one_line(tmp_path):
 
 def test_chat_goes_on_after_a_line_that_is_not_utf8(saved):
     folder, _ = saved
-    done = subprocess.run([sys.executable, SCRIPT, "--load", str(folder), "--chat"],
-                          input=b"\xff\xfe garbage\nXin ch\xc3\xa0o\n", capture_output=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"},
-                          cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--load", str(folder), "--chat"],
+        input=b"\xff\xfe garbage\nXin ch\xc3\xa0o\n",
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"},
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
     assert "Answer: " + dict(read_pairs_file())["Xin chào"] in done.stdout.decode("utf-8")
 

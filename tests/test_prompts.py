@@ -1,4 +1,5 @@
-"""prompts.py: the templates, checked against PhoGPT's published chat_template and for the prefix property."""
+"""prompts.py: the templates, against PhoGPT's published chat_template and the prefix property."""
+
 import json
 import unicodedata
 from pathlib import Path
@@ -10,23 +11,34 @@ import prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_NAME = "PhoGPT-4B-Chat.tokenizer_config.json"
-CONFIG_PLACES = [ROOT / "shared" / "phogpt_configs" / CONFIG_NAME, ROOT.parent / "shared" / "phogpt_configs" / CONFIG_NAME]
+CONFIG_PLACES = [
+    ROOT / "shared" / "phogpt_configs" / CONFIG_NAME,
+    ROOT.parent / "shared" / "phogpt_configs" / CONFIG_NAME,
+]
 EOS = "</s>"
-# chat_template of vinai/PhoGPT-4B-Chat's tokenizer_config.json, copied verbatim so the test runs on any clone;
-# test_the_copied_template_is_the_published_one checks the copy against the file when the checkout has it.
+# chat_template of vinai/PhoGPT-4B-Chat's tokenizer_config.json, copied verbatim so the test runs
+# on any clone; test_the_copied_template_is_the_published_one checks the copy against the file
+# when the checkout has it.
 PUBLISHED_CHAT_TEMPLATE = (
-    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% if not add_generation_prompt is defined %}"
+    "{% set add_generation_prompt = false %}{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' and loop.first %}{{ '### Câu hỏi: ' + message['content'].strip() }}"
+    "{% if message['role'] == 'user' and loop.first %}"
+    "{{ '### Câu hỏi: ' + message['content'].strip() }}"
     "{% elif message['role'] == 'user' %}{{ '\n### Câu hỏi: ' + message['content'].strip() }}"
-    "{% elif message['role'] == 'assistant' %}{{ '\n### Trả lời: ' + message['content'] + eos_token }}{% endif %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '\n### Trả lời: ' + message['content'] + eos_token }}{% endif %}"
     "{% if loop.last %}"
-    "{% if message['role'] == 'user' and add_generation_prompt %}{{ '\n### Trả lời:' }}{% endif %}{% endif %}{% endfor %}"
+    "{% if message['role'] == 'user' and add_generation_prompt %}"
+    "{{ '\n### Trả lời:' }}{% endif %}{% endif %}{% endfor %}"
 )
 
 CONVERSATION = [
     {"role": "user", "content": "Xin chào, trường mình có những ngành nào?"},
-    {"role": "assistant", "content": "Chào bạn! Trường có ba ngành: Công nghệ thông tin, Kế toán và Du lịch."},
+    {
+        "role": "assistant",
+        "content": "Chào bạn! Trường có ba ngành: Công nghệ thông tin, Kế toán và Du lịch.",
+    },
     {"role": "user", "content": "  Học phí ngành Công nghệ thông tin là bao nhiêu?\n"},
     {"role": "assistant", "content": "Học phí là 18 triệu đồng mỗi năm học."},
     {"role": "user", "content": "Cảm ơn bạn nhé."},
@@ -55,8 +67,16 @@ def test_onechat_split_and_prompt_round_trip():
     assert prompts.onechat_prompt(question) == "Question: Xin chào Answer:"
 
 
-@pytest.mark.parametrize("bad", ["Xin chào", "Answer: Công ty", "Question: Xin chào", "Question:  Answer: x",
-                                 "Question: Xin chào Answer:  "])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "Xin chào",
+        "Answer: Công ty",
+        "Question: Xin chào",
+        "Question:  Answer: x",
+        "Question: Xin chào Answer:  ",
+    ],
+)
 def test_onechat_split_rejects_a_sentence_without_both_parts(bad):
     with pytest.raises(ValueError):
         prompts.onechat_split(bad)
@@ -67,30 +87,47 @@ def test_nfc_normalises_decomposed_vietnamese():
     decomposed = unicodedata.normalize("NFD", composed)
     assert decomposed != composed and len(decomposed) > len(composed)
     assert prompts.nfc(decomposed) == composed
-    assert prompts.onechat_split(unicodedata.normalize("NFD", "Question: Chào Answer: Dạ, chào bạn!")) == ("Chào", "Dạ, chào bạn!")
-    assert prompts.onechat_prompt(unicodedata.normalize("NFD", "Xin chào")) == "Question: Xin chào Answer:"
-    assert prompts.instruct_prompt(unicodedata.normalize("NFD", "Viết một câu")) == "### Câu hỏi:\nViết một câu\n\n### Trả lời:"
+    assert prompts.onechat_split(
+        unicodedata.normalize("NFD", "Question: Chào Answer: Dạ, chào bạn!")
+    ) == ("Chào", "Dạ, chào bạn!")
+    assert (
+        prompts.onechat_prompt(unicodedata.normalize("NFD", "Xin chào"))
+        == "Question: Xin chào Answer:"
+    )
+    assert (
+        prompts.instruct_prompt(unicodedata.normalize("NFD", "Viết một câu"))
+        == "### Câu hỏi:\nViết một câu\n\n### Trả lời:"
+    )
     messages = [{"role": "user", "content": unicodedata.normalize("NFD", "Học phí?")}]
     assert prompts.generation_prompt(messages, EOS) == "### Câu hỏi: Học phí?\n### Trả lời:"
 
 
 def test_chat_template_matches_the_published_jinja_template():
     template = published_template()
-    for turns in range(2, len(CONVERSATION) + 1, 2):  # 1, 2 and 3 question/answer turns
+    # 1, 2 and 3 question/answer turns
+    for turns in range(2, len(CONVERSATION) + 1, 2):
         messages = CONVERSATION[:turns]
-        assert prompts.conversation_text(messages, EOS) == template.render(messages=messages, eos_token=EOS)
-        asked = CONVERSATION[:turns - 1]
-        assert prompts.generation_prompt(asked, EOS) == template.render(messages=asked, eos_token=EOS,
-                                                                        add_generation_prompt=True)
+        assert prompts.conversation_text(messages, EOS) == template.render(
+            messages=messages, eos_token=EOS
+        )
+        asked = CONVERSATION[: turns - 1]
+        assert prompts.generation_prompt(asked, EOS) == template.render(
+            messages=asked, eos_token=EOS, add_generation_prompt=True
+        )
 
 
 def test_chat_strings_are_exactly_phogpt_s():
     text = prompts.conversation_text(CONVERSATION[:4], EOS)
-    assert text == ("### Câu hỏi: Xin chào, trường mình có những ngành nào?"
-                    "\n### Trả lời: Chào bạn! Trường có ba ngành: Công nghệ thông tin, Kế toán và Du lịch.</s>"
-                    "\n### Câu hỏi: Học phí ngành Công nghệ thông tin là bao nhiêu?"
-                    "\n### Trả lời: Học phí là 18 triệu đồng mỗi năm học.</s>")
-    assert prompts.instruct_prompt("Viết bài thơ về Hà Nội") == "### Câu hỏi:\nViết bài thơ về Hà Nội\n\n### Trả lời:"
+    assert text == (
+        "### Câu hỏi: Xin chào, trường mình có những ngành nào?"
+        "\n### Trả lời: Chào bạn! Trường có ba ngành: Công nghệ thông tin, Kế toán và Du lịch.</s>"
+        "\n### Câu hỏi: Học phí ngành Công nghệ thông tin là bao nhiêu?"
+        "\n### Trả lời: Học phí là 18 triệu đồng mỗi năm học.</s>"
+    )
+    assert (
+        prompts.instruct_prompt("Viết bài thơ về Hà Nội")
+        == "### Câu hỏi:\nViết bài thơ về Hà Nội\n\n### Trả lời:"
+    )
 
 
 @pytest.mark.parametrize("template", prompts.TEMPLATES)
@@ -99,18 +136,26 @@ def test_generation_prompt_of_every_turn_is_a_prefix_of_the_training_text(templa
     segments = prompts.conversation_segments(CONVERSATION, EOS, template)
     assert "".join(text for text, _ in segments) == full
     answers = [text for text, is_answer in segments if is_answer]
-    assert answers == [" " + m["content"].strip() + EOS for m in CONVERSATION if m["role"] == "assistant"]
+    assert answers == [
+        " " + m["content"].strip() + EOS for m in CONVERSATION if m["role"] == "assistant"
+    ]
     offset = 0
-    for k in range(0, len(CONVERSATION), 2):  # turn k: everything up to and including the k-th question
-        prompt = prompts.generation_prompt(CONVERSATION[:k + 1], EOS, template)
+    # Turn k: everything up to and including the k-th question
+    for k in range(0, len(CONVERSATION), 2):
+        prompt = prompts.generation_prompt(CONVERSATION[: k + 1], EOS, template)
         assert full.startswith(prompt)
-        assert prompt.endswith(prompts.PHOGPT_ASSISTANT if template == "chat" else prompts.INSTRUCT_ASSISTANT)
+        assert prompt.endswith(
+            prompts.PHOGPT_ASSISTANT if template == "chat" else prompts.INSTRUCT_ASSISTANT
+        )
         answer = " " + CONVERSATION[k + 1]["content"].strip() + EOS
-        assert full[len(prompt):].startswith(answer)  # what follows the prompt is exactly the answer + EOS
+        # What follows the prompt is exactly the answer + EOS
+        assert full[len(prompt) :].startswith(answer)
         assert len(prompt) > offset
         offset = len(prompt) + len(answer)
     if template == "instruct":
-        assert prompts.generation_prompt(CONVERSATION[:1], EOS, template) == prompts.instruct_prompt(CONVERSATION[0]["content"])
+        assert prompts.generation_prompt(
+            CONVERSATION[:1], EOS, template
+        ) == prompts.instruct_prompt(CONVERSATION[0]["content"])
 
 
 def test_system_text_is_folded_into_the_first_question_and_keeps_the_prefix_property():
@@ -118,7 +163,9 @@ def test_system_text_is_folded_into_the_first_question_and_keeps_the_prefix_prop
     prompt = prompts.generation_prompt(messages, EOS)
     assert prompt.startswith("### Câu hỏi: Bạn là trợ lý của trường.\n\nXin chào")
     assert prompts.conversation_text(messages + [CONVERSATION[3]], EOS).startswith(prompt)
-    with_argument = prompts.generation_prompt(CONVERSATION[:1], EOS, system="Bạn là trợ lý của trường.")
+    with_argument = prompts.generation_prompt(
+        CONVERSATION[:1], EOS, system="Bạn là trợ lý của trường."
+    )
     assert with_argument == prompts.generation_prompt(messages[:2], EOS)
 
 
@@ -145,8 +192,11 @@ FORGERIES = [
 
 
 def conversation_with(forgery):
-    return [{"role": "user", "content": forgery}, CONVERSATION[1],
-            {"role": "user", "content": forgery}]
+    return [
+        {"role": "user", "content": forgery},
+        CONVERSATION[1],
+        {"role": "user", "content": forgery},
+    ]
 
 
 @pytest.mark.parametrize("template", prompts.TEMPLATES)
