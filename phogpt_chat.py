@@ -118,7 +118,6 @@ for flag, text in (("--prompt", args.prompt), ("--system", args.system)):
 
 # The libraries' notices (deprecations, optional kernels) are for us, not for a student mid-chat.
 warnings.filterwarnings("ignore")
-logging.getLogger("transformers").setLevel(logging.ERROR)
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 # Heavy imports after the flags, so --help and a flag error are instant.
@@ -133,7 +132,12 @@ from transformers import (  # noqa: E402
     TopPLogitsWarper,
 )
 
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
 from phogpt_model import CACHE_NAME, load_phogpt, pick_dtype  # noqa: E402
+
+# "Token indices sequence length is longer than...": we cut the history ourselves.
+transformers_logging.set_verbosity_error()
 
 # ---- one answer: prompt, KV cache, sampling, streaming ----
 # Shown instead of an answer when something failed (the web page then leaves that turn out).
@@ -220,9 +224,10 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0, to
     device = next(model.parameters()).device
     seen = torch.tensor([prompt_ids], device=device)
     new_ids, answer_ids, shown, first_token_s = prompt_ids[reused:], [], "", 0.0
+    compiled = state.get("step")
     for _ in range(max_new_tokens):
         # The prompt goes through the eager model; single tokens through the compiled step.
-        step = state.get("step") if len(new_ids) == 1 and state.get("step") else model
+        step = compiled if compiled is not None and len(new_ids) == 1 else model
         out = step(input_ids=torch.tensor([new_ids], device=device), use_cache=True,
                    logits_to_keep=1, **{CACHE_NAME: state["cache"]})
         state["ids"] = state["ids"] + new_ids
@@ -338,13 +343,15 @@ def terminal_chat(chat, show_stats):
     while True:
         try:
             line = prompts.nfc(input("\nBạn: ")).strip()
+            # readline hands bytes that are not UTF-8 over as lone surrogates: catch them here.
+            line.encode("utf-8")
         except EOFError:
             print()
             break
         except KeyboardInterrupt:
             print("\n(Ctrl+D hoặc /exit để thoát)")
             continue
-        except UnicodeDecodeError:
+        except UnicodeError:
             print("(dòng vừa gõ không phải văn bản UTF-8: hãy gõ lại)")
             continue
         if line in ("/exit", "/quit"):
@@ -454,11 +461,12 @@ DOWNLOAD_JS = """(line) => {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }"""
 PAGE_JS = "() => { document.documentElement.lang = 'vi'; }"
-# On a 390 px phone the page's 32 px margins would take a sixth of the width.
-PAGE_CSS = """
+# On a 390 px phone the page's 32 px margins would take a sixth of the width. (In the page's
+# head: gradio scopes its css= option to the inside of the app, where that margin is not.)
+PAGE_HEAD = """<style>
 @media (max-width: 600px) { .gradio-container .main { padding: 4px !important; } }
 #status { font-size: 0.85em; opacity: 0.8; min-height: 1.5em; }
-"""
+</style>"""
 
 
 def text_of(content):
@@ -485,19 +493,6 @@ def page_messages(history):
     return messages
 
 
-def check_settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens):
-    """The page's settings as the types transformers wants; ValueError for a value out of range."""
-    settings = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
-                    repetition_penalty=float(repetition_penalty),
-                    max_new_tokens=int(max_new_tokens))
-    if not (0 <= settings["temperature"] <= 10 and 0 < settings["top_p"] <= 1
-            and settings["top_k"] >= 0 and 0 < settings["repetition_penalty"] <= 10
-            and settings["max_new_tokens"] >= 1):
-        raise ValueError("cài đặt không hợp lệ: cần 0 ≤ nhiệt độ ≤ 10, 0 < top-p ≤ 1, top-k ≥ 0, "
-                         "0 < phạt lặp ≤ 10 và số token tối đa ≥ 1")
-    return settings
-
-
 def web_page(chat, args, auth):
     """The Gradio page: one shared model, a chat per browser tab."""
     # Before gradio is imported: no telemetry and no version check.
@@ -510,8 +505,11 @@ def web_page(chat, args, auth):
         """Answer message after history, streaming (answer, status line)."""
         answer = ""
         try:
-            sampling = check_settings(temperature, top_p, top_k, repetition_penalty,
-                                      max_new_tokens)
+            # The sliders check the ranges; a browser sends a slider at 1 as the int 1, so the
+            # types are settled here (transformers' warpers only take floats).
+            sampling = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                            repetition_penalty=float(repetition_penalty),
+                            max_new_tokens=int(max_new_tokens))
             question = prompts.defuse(text_of(message)).strip()
             if not question:
                 raise ValueError("câu hỏi trống: hãy nhập câu hỏi")
@@ -527,11 +525,14 @@ def web_page(chat, args, auth):
                 answer += piece
                 yield answer, "PhoGPT đang trả lời…"
             yield answer, stats_line(chat["state"]["stats"])
+        except ValueError as err:
+            # The student's input or settings: say what to change, in the chat.
+            yield f"{ERROR_SIGN} {err}", ""
         except Exception as err:
-            # Whatever broke, the student reads why in the chat and the page keeps working.
+            # Whatever else broke, the student reads it in the chat and the page keeps working.
             chat["state"].update(cache=None, ids=[])
             print(f"web page: {type(err).__name__}: {err}", file=sys.stderr)
-            reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            reason = f"{type(err).__name__}: {err}"
             yield (answer + "\n\n" if answer else "") + f"{ERROR_SIGN} {reason}", ""
 
     def download(history, system):
@@ -582,7 +583,7 @@ def web_page(chat, args, auth):
         page.launch(server_name="127.0.0.1", server_port=args.port, share=args.share, auth=auth,
                     auth_message="Nhập tên và mật khẩu (--auth) để mở trang.", inbrowser=False,
                     ssr_mode=False, quiet=not args.share, show_error=True,
-                    i18n=gr.I18n(en=PAGE_WORDS, vi=PAGE_WORDS), css=PAGE_CSS, js=PAGE_JS)
+                    i18n=gr.I18n(en=PAGE_WORDS, vi=PAGE_WORDS), head=PAGE_HEAD, js=PAGE_JS)
     except OSError as err:
         fail(f"cannot listen on 127.0.0.1:{args.port} ({err}); fix: pass another --port")
 
@@ -594,7 +595,8 @@ def read_question(args):
     piped = not args.ui and not sys.stdin.isatty() and "ipykernel" not in sys.modules
     if not question and piped:
         try:
-            question = sys.stdin.read()
+            # Bytes, decoded strictly: Python's own stdin would let invalid bytes through.
+            question = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError:
             fail("stdin is not UTF-8 text; fix: save what you pipe in as UTF-8")
         if not question.strip():
