@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import prompts  # noqa: E402
+from conftest import tokenizer_texts  # noqa: E402
 from phogpt_model import load_phogpt  # noqa: E402
 from tiny_phogpt import save_tiny_checkpoint  # noqa: E402
 
@@ -110,8 +111,8 @@ def teach(model, tokenizer, pairs, steps=400, lr=3e-3):
 
 
 def taught_base(path, no_bias):
-    texts = [q + " " + a for q, a in GREETINGS + FAQ]
-    texts += [prompts.PHOGPT_USER_FIRST, prompts.PHOGPT_ASSISTANT, "số 0123456789"]
+    # the project's data and templates (conftest): a vocabulary with thousands of merges
+    texts = tokenizer_texts() + [q + " " + a for q, a in GREETINGS + FAQ]
     save_tiny_checkpoint(str(path), texts, d_model=96, n_heads=6, n_layers=2, no_bias=no_bias)
     model, tokenizer = load_phogpt(str(path), dtype=torch.float32)
     assert teach(model, tokenizer, GREETINGS) < 0.05
