@@ -117,12 +117,11 @@ if args.gguf != "none":
                  "fix: pip install llama-cpp-python (or pick --gguf f16)")
 
 # torch after the flags: --help and flag errors stay instant
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from transformers.utils import logging as transformers_logging
-
-from phogpt_model import load_phogpt
+from phogpt_model import load_phogpt  # noqa: E402
 
 # the "Loading weights" bar of transformers: our own lines say what happens
 transformers_logging.disable_progress_bar()
