@@ -130,7 +130,7 @@ def read_pairs(data, sentence):
     if not os.path.isfile(data):
         fail(f"--data {data!r}: no such file")
     pairs = []
-    for number, line in enumerate(read_text(data).splitlines(), 1):
+    for line_number, line in enumerate(read_text(data).splitlines(), 1):
         line = prompts.nfc(line).strip()
         if not line or line.startswith("#"):
             continue
@@ -141,7 +141,7 @@ def read_pairs(data, sentence):
             pairs.append(prompts.onechat_split(line))
         # JSONDecodeError is a ValueError; a row that is not an object gives TypeError.
         except (ValueError, KeyError, TypeError) as error:
-            fail(f"{data} line {number}: {type(error).__name__} {error}; fix: write "
+            fail(f"{data} line {line_number}: {type(error).__name__} {error}; fix: write "
                  "'Question: ... Answer: ...' or JSON with 'question' and 'answer'")
     if not pairs:
         fail(f"{data} has no Question/Answer pairs; fix: write one 'Question: ... Answer: ...' "
@@ -484,12 +484,13 @@ if args.prompt is not None or args.chat:
 for question in questions:
     answer = reply(model, tokenizer, question, args.max_length, device)
     print(f"Question: {question}\nAnswer: {answer}")
-# At the prompt, Ctrl+C ends the chat at once (and --output still saves).
-signal.signal(signal.SIGINT, signal.default_int_handler)
-# Bytes that are not UTF-8 (a terminal in another encoding) must not end the chat: keep them
-# as stand-ins (surrogates), so we can say so and read on.
-if args.chat and hasattr(sys.stdin, "reconfigure"):
-    sys.stdin.reconfigure(errors="surrogateescape")
+if args.chat:
+    # At the prompt, Ctrl+C ends the chat at once (and --output still saves).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Bytes that are not UTF-8 (a terminal in another encoding) must not end the chat: keep
+    # them as stand-ins (surrogates), so we can say so and read on.
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
 while args.chat:
     try:
         line = input("Question: ")
