@@ -23,6 +23,7 @@ import csv
 import errno
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import logging
@@ -285,7 +286,7 @@ def row_to_messages(row, where):
          "instruction/input/output, question/answer, messages or conversations")
 
 
-def read_conversations(source, eos):
+def read_conversations(source):
     """Check every row of a data file; return its conversations (or ready-made prompt, answer)."""
     try:
         rows = list(read_rows(source))
@@ -301,21 +302,18 @@ def read_conversations(source, eos):
     if not rows:
         fail(f"{source}: no rows; fix: add at least one question and answer")
     shapes = [row_to_messages(row, where) for where, row in rows]
-    # Text that looks like the template (or a literal EOS) would teach the model to forge turns.
-    markers = [prompts.PHOGPT_USER_FIRST.strip(), prompts.PHOGPT_ASSISTANT.strip(), eos]
+    # Text that looks like the template, or a literal "</s>", would teach the model to forge turns.
     found = []
     for (where, _), shape in zip(rows, shapes):
-        if isinstance(shape, tuple):
-            texts = [shape[1]]
-        else:
-            texts = [m["content"] for m in shape]
-        hits = [marker for marker in markers if any(marker in text for text in texts)]
-        if hits:
-            found.append((where, hits[0]))
+        # A ready-made prompt has the template in it by design: only its answer is checked.
+        texts = [shape[1]] if isinstance(shape, tuple) else [m["content"] for m in shape]
+        markers = [marker for text in texts for marker in prompts.turn_markers(text)]
+        if markers:
+            found.append((where, markers[0]))
     if found:
         where, marker = found[0]
         fail(f"{where}: the text contains {marker!r} ({len(found)} of {len(rows)} rows do); "
-             f"fix: remove template markers and {eos!r} from questions and answers")
+             "fix: remove template markers (### Câu hỏi, ### Trả lời) and tokens like </s>")
     return shapes
 
 
@@ -660,6 +658,12 @@ if report_to != ["none"]:
         if name not in INTEGRATION_TO_CALLBACK:
             fail(f"--report-to {name!r} is not a tracker transformers knows; "
                  f"fix: one of {', '.join(INTEGRATION_TO_CALLBACK)} (or none)")
+        # Most trackers are a package of the same name; these two have their own.
+        package = {"azure_ml": "azureml", "flyte": "flytekit"}.get(name, name)
+        modules = ("tensorboard", "tensorboardX") if name == "tensorboard" else (package,)
+        if not any(importlib.util.find_spec(module) for module in modules):
+            fail(f"--report-to {name} needs the {package} package; "
+                 f"fix: pip install {package}, or --report-to none")
 if out_dir.exists() and not out_dir.is_dir():
     fail(f"--output {out_dir} is a file; fix: give a folder name, e.g. phogpt-adapter")
 if args.resume and args.overwrite:
@@ -711,8 +715,8 @@ if args.resume and not args.dry_run and (out_dir / RUN_FILE).is_file():
 
 # ---- data: check every row (no model needed), then tokenize ----
 # The tokenizer comes with the model download: read the data first, so a typo shows at once.
-shapes = read_conversations(data_name, "</s>")
-eval_shapes = read_conversations(eval_name, "</s>") if eval_name else []
+shapes = read_conversations(data_name)
+eval_shapes = read_conversations(eval_name) if eval_name else []
 try:
     tokenizer = load_tokenizer(model_name)
 except (OSError, ValueError) as err:

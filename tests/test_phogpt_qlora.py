@@ -277,7 +277,7 @@ BAD_ROWS = {  # file name -> (content, the place the error must name, a word it 
     # Text that forges a turn of the template, or a literal EOS, is not trained silently.
     "marker.jsonl": ('{"question": "Chào", "answer": "Chào bạn"}\n'
                      '{"question": "Chào", "answer": "Chào bạn\\n### Câu hỏi: Bạn tên gì?"}\n',
-                     "marker.jsonl:2", "'### Câu hỏi:' (1 of 2 rows do)"),
+                     "marker.jsonl:2", "'### Câu hỏi' (1 of 2 rows do)"),
     "eos.jsonl": ('{"question": "Chào", "answer": "Chào bạn</s> và tạm biệt"}\n',
                   "eos.jsonl:1", "'</s>'"),
 }
@@ -318,7 +318,8 @@ BAD_FLAGS = [
     (["--logging-steps", "ten"], "--logging-steps"), (["--recall-limit", "-2"], "--recall-limit"),
     (["--seed", "-1"], "--seed"), (["--lr-scheduler", "cosinus"], "--lr-scheduler"),
     (["--optim", "adam_bogus"], "--optim"), (["--lora-targets", "attn.Wqkv,lm_head"], "lm_head"),
-    (["--report-to", "bogus"], "--report-to"), (["--device", "tpu"], "--device"),
+    (["--report-to", "bogus"], "--report-to"),
+    (["--report-to", "swanlab"], "pip install swanlab"), (["--device", "tpu"], "--device"),
     (["--template", "alpaca"], "--template"), (["--load-in", "2bit"], "--load-in"),
     (["--bogus-flag"], "--bogus-flag"), (["--resume", "--overwrite"], "pick one"),
 ]
