@@ -8,6 +8,7 @@ in the test's tmp folder (pytest prints its path).
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -47,11 +48,13 @@ def start_page(flags, log):
                                "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT,
                               env=ENV, cwd=ROOT)
     end = time.time() + 240
-    while "Trang web:" not in open(log.name, encoding="utf-8", errors="replace").read():
+    while True:
         assert server.poll() is None, open(log.name, encoding="utf-8").read()[-2000:]
         assert time.time() < end, "the page did not start in 240 s"
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server, f"http://127.0.0.1:{port}/"
         time.sleep(0.5)
-    return server, f"http://127.0.0.1:{port}/"
 
 
 def ask(page, question):
@@ -105,13 +108,16 @@ def test_two_turns_stream_then_retry_undo_clear(adapter_dir, tmp_path):  # noqa:
 def use_the_page(page, url, tmp_path):
     page.goto(url)
     box = page.locator("textarea").first
-    expect(box).to_have_attribute("placeholder", "Nhập câu hỏi rồi nhấn Enter…")
-    expect(page.get_by_text("⚙️ Cài đặt")).to_be_visible()
+    box.wait_for()
+    placeholder = box.get_attribute("placeholder")
     page.screenshot(path=str(tmp_path / "phone-empty.png"), full_page=True)
     page.evaluate(RECORD_ANSWERS)
 
     # Two turns; the first answer grows on screen in several steps.
     assert ask(page, "Xin chào") == GREETING
+    # In Vietnamese: what to type, and the settings.
+    assert placeholder == "Nhập câu hỏi rồi nhấn Enter…"
+    expect(page.get_by_text("⚙️ Cài đặt")).to_be_visible()
     shown = page.evaluate("window.shownAnswers")
     assert len(shown) >= 3 and shown[-1] == GREETING, shown
     assert all(later.startswith(earlier) for earlier, later in zip(shown, shown[1:])), shown
