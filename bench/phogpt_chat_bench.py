@@ -1,16 +1,20 @@
-"""Chat speed over a 10-turn conversation: phogpt_chat.py's loop against the seed's approach, random weights.
+"""Chat speed over a 10-turn conversation: phogpt_chat.py's loop against the seed's, random weights.
 
-PhoGPT-4B shape (3.7B parameters), greedy, a fixed answer length per turn, the history growing to ~2K tokens.
-- chat:   phogpt_chat.py's fit_history + stream_answer on phogpt_model.py: the KV cache of earlier turns is kept
-          and only the new tokens are encoded (DynamicCache, eager).
-- chatcompiled: the same with phogpt_chat.py --compile: a StaticCache and a torch.compile'd decode step.
-- seed:   the PhoGPT-4B multiturn Gradio seed's way: transformers' native MptForCausalLM, the whole history
-          re-encoded by generate() every turn.
-Each in bf16 and in nf4, after one warm-up answer. Per turn: prompt tokens, tokens reused from the cache, time to first token, decode tok/s.
-Needs a CUDA GPU; writes bench/results/phogpt_chat_bench.json.
+PhoGPT-4B shape (3.7B parameters), greedy, a fixed answer length per turn, the history growing to
+~2K tokens.
+- chat: phogpt_chat.py's fit_history + stream_answer on phogpt_model.py: the KV cache of earlier
+  turns is kept and only the new tokens are encoded (DynamicCache, eager).
+- chatcompiled: the same with phogpt_chat.py --compile: a StaticCache and a torch.compile'd
+  decode step (cropped back when a turn does not simply append; started over where transformers
+  cannot crop a StaticCache, 5.23).
+- seed: the PhoGPT-4B multiturn Gradio seed's way: transformers' native MptForCausalLM, the whole
+  history re-encoded by generate() every turn.
+Each in bf16 and in nf4, after one warm-up answer. Per turn: prompt tokens, tokens reused from
+the cache, time to first token, decode tok/s. Needs a CUDA GPU; writes
+bench/results/phogpt_chat_bench.json.
 
     python bench/phogpt_chat_bench.py            # on a GPU
-    python bench/phogpt_chat_bench.py --smoke    # tiny shape on the CPU: checks the code path, not a benchmark
+    python bench/phogpt_chat_bench.py --smoke    # tiny shape on the CPU: the code path, no figures
 """
 import argparse
 import datetime
@@ -32,11 +36,15 @@ from tiny_phogpt import PHOGPT_4B_CHAT_CONFIG, save_tiny_checkpoint  # noqa: E40
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--turns", type=int, default=10, help="questions in the conversation")
 parser.add_argument("--question-tokens", type=int, default=64, help="tokens per question")
-parser.add_argument("--new-tokens", type=int, default=128, help="tokens per answer (EOS is made unreachable)")
-parser.add_argument("--variants", default="chat-bf16,chatcompiled-bf16,chat-nf4,chatcompiled-nf4,seed-bf16,seed-nf4",
+parser.add_argument("--new-tokens", type=int, default=128,
+                    help="tokens per answer (EOS is made unreachable)")
+parser.add_argument("--variants",
+                    default="chat-bf16,chatcompiled-bf16,chat-nf4,chatcompiled-nf4,seed-bf16,seed-nf4",
                     help="which runs, comma-separated")
-parser.add_argument("--output", default=os.path.join(ROOT, "bench", "results", "phogpt_chat_bench.json"))
-parser.add_argument("--smoke", action="store_true", help="tiny shape on the CPU, to check the code path")
+parser.add_argument("--output",
+                    default=os.path.join(ROOT, "bench", "results", "phogpt_chat_bench.json"))
+parser.add_argument("--smoke", action="store_true",
+                    help="tiny shape on the CPU, to check the code path")
 args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 
 if not torch.cuda.is_available() and not args.smoke:
@@ -70,20 +78,22 @@ def question(turn, tokenizer):
 
 
 def native_model(folder, **kwargs):
-    """transformers' own MPT class on the same weights (it has no biases, so it drops them, as the seed did)."""
+    """transformers' own MPT class on the same weights (it drops the biases, as the seed did)."""
     from transformers import MptConfig, MptForCausalLM
     keys = ("d_model", "n_heads", "n_layers", "vocab_size", "max_seq_len", "expansion_ratio")
     config = MptConfig(**{k: config_dict[k] for k in keys}, no_bias=True,
-                       attn_config={**config_dict["attn_config"], "attn_pdrop": 0})  # it rejects the real 0.0
+                       # it rejects the real 0.0
+                       attn_config={**config_dict["attn_config"], "attn_pdrop": 0})
     return MptForCausalLM.from_pretrained(folder, config=config, **kwargs)
 
 
 def seed_turn(model, tokenizer, prompt_ids):
-    """The seed's turn: generate() on the full history; returns (answer ids, first token s, decode tok/s)."""
+    """The seed's turn: generate() on the full history; (answer ids, first token s, tok/s)."""
     from transformers.generation.streamers import BaseStreamer
     times = []
 
-    class Clock(BaseStreamer):  # records when each token arrives (the first put() is the prompt)
+    # records when each token arrives (the first put() is the prompt)
+    class Clock(BaseStreamer):
         def put(self, value):
             sync()
             times.append(time.perf_counter())
@@ -94,27 +104,42 @@ def seed_turn(model, tokenizer, prompt_ids):
     ids = torch.tensor([prompt_ids], device=device)
     sync()
     start = time.perf_counter()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True, streamer=Clock(),
-                         min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True,
+                         streamer=Clock(), min_new_tokens=args.new_tokens,
+                         max_new_tokens=args.new_tokens, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
     first, last = times[1], times[-1]
     return out[0, len(prompt_ids):].tolist(), first - start, (len(times) - 2) / (last - first)
 
 
 torch.manual_seed(0)
-results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke test, not a benchmark)",
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "shape": {k: config_dict[k] for k in ("d_model", "n_heads", "n_layers", "vocab_size")},
-           "dtype (bf16 variants)": str(dtype).replace("torch.", ""), "turns": args.turns, "question_tokens": args.question_tokens, "new_tokens": args.new_tokens, "runs": {}}
+shape_keys = ("d_model", "n_heads", "n_layers", "vocab_size")
+results = {
+    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke test)",
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "torch": torch.__version__,
+    "shape": {k: config_dict[k] for k in shape_keys},
+    "dtype (bf16 variants)": str(dtype).replace("torch.", ""),
+    "turns": args.turns,
+    "question_tokens": args.question_tokens,
+    "new_tokens": args.new_tokens,
+    "runs": {},
+}
 with tempfile.TemporaryDirectory() as folder:
-    save_tiny_checkpoint(folder, SENTENCES * 4 + [prompts.PHOGPT_USER_NEXT, prompts.PHOGPT_ASSISTANT])  # tokenizer
+    # only its tokenizer is used
+    markers = [prompts.PHOGPT_USER_NEXT, prompts.PHOGPT_ASSISTANT]
+    save_tiny_checkpoint(folder, SENTENCES * 4 + markers)
     tokenizer = load_tokenizer(folder)
-    model = PhoGPTForCausalLM(PhoGPTConfig(**config_dict)).to(device=device, dtype=dtype)  # random weights
-    with torch.no_grad():  # answers run to --new-tokens: EOS and ids the small tokenizer lacks get logit 0
+    # random weights
+    model = PhoGPTForCausalLM(PhoGPTConfig(**config_dict)).to(device=device, dtype=dtype)
+    # answers run to --new-tokens: EOS and ids the small tokenizer lacks get logit 0
+    with torch.no_grad():
         model.transformer.wte.weight[len(tokenizer):] = 0
         model.transformer.wte.weight[tokenizer.eos_token_id] = 0
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f}B parameters on {results['device']}")
-    model.save_pretrained(folder)  # every variant loads it back, the nf4 ones through BitsAndBytesConfig
+    billions = sum(p.numel() for p in model.parameters()) / 1e9
+    print(f"{billions:.3f}B parameters on {results['device']}")
+    # every variant loads it back, the nf4 ones through BitsAndBytesConfig
+    model.save_pretrained(folder)
     del model
     for variant in args.variants.split(","):
         impl, precision = variant.split("-")
@@ -122,30 +147,39 @@ with tempfile.TemporaryDirectory() as folder:
         if precision == "nf4":
             from transformers import BitsAndBytesConfig
             quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+                                              bnb_4bit_use_double_quant=True,
+                                              bnb_4bit_compute_dtype=dtype)
         load = dict(dtype=dtype, quantization_config=quantization, device_map=device)
-        model = (native_model(folder, **load) if impl == "seed" else PhoGPTForCausalLM.from_pretrained(folder, **load))
+        if impl == "seed":
+            model = native_model(folder, **load)
+        else:
+            model = PhoGPTForCausalLM.from_pretrained(folder, **load)
         model.eval()
         state, turns = {"cache": None, "ids": []}, []
         if impl == "chatcompiled":
-            state.update(static=config_dict["max_seq_len"], step=torch.compile(model, mode="reduce-overhead", dynamic=False))
-        history = [{"role": "user", "content": "Xin chào"}]  # warm-up answer (and compilation), not recorded
+            step = torch.compile(model, mode="reduce-overhead", dynamic=False)
+            state.update(static=config_dict["max_seq_len"], step=step)
+        # warm-up answer (and compilation), not recorded
+        history = [{"role": "user", "content": "Xin chào"}]
         warm_ids, _ = fit_history(tokenizer, history, 1000)
         if impl == "seed":
             with torch.inference_mode():
                 seed_turn(model, tokenizer, warm_ids)
         else:
-            "".join(stream_answer(model, tokenizer, warm_ids, state, "\n###", temperature=0, max_new_tokens=args.new_tokens))
+            "".join(stream_answer(model, tokenizer, warm_ids, state, "\n###", temperature=0,
+                                  max_new_tokens=args.new_tokens))
         history = []
         for turn in range(args.turns):
             history.append({"role": "user", "content": question(turn, tokenizer)})
             ids, _ = fit_history(tokenizer, history, config_dict["max_seq_len"] - args.new_tokens)
             if impl != "seed":
-                answer = "".join(stream_answer(model, tokenizer, ids, state, prompts.STOP_STRINGS["chat"],
-                                               temperature=0, max_new_tokens=args.new_tokens))
+                answer = "".join(stream_answer(model, tokenizer, ids, state,
+                                               prompts.STOP_STRINGS["chat"], temperature=0,
+                                               max_new_tokens=args.new_tokens))
                 stats = state["stats"]
                 decode_s = stats["seconds"] - stats["first_token_s"]
-                first_s, speed, reused = stats["first_token_s"], (stats["tokens"] - 1) / decode_s, stats["reused"]
+                first_s, reused = stats["first_token_s"], stats["reused"]
+                speed = (stats["tokens"] - 1) / decode_s
             else:
                 with torch.inference_mode():
                     answer_ids, first_s, speed = seed_turn(model, tokenizer, ids)
@@ -159,11 +193,13 @@ with tempfile.TemporaryDirectory() as folder:
         if device == "cuda":
             torch.cuda.empty_cache()
 
-print(f"\n| turn | prompt tokens | " + " | ".join(f"{v} tok/s, TTFT ms" for v in results["runs"]) + " |")
+columns = " | ".join(f"{v} tok/s, TTFT ms" for v in results["runs"])
+print(f"\n| turn | prompt tokens | {columns} |")
 print("|---|---|" + "---|" * len(results["runs"]))
 for i in range(args.turns):
     row = [f"{r[i]['tokens_per_s']}, {r[i]['ttft_ms']}" for r in results["runs"].values()]
-    print(f"| {i + 1} | {next(iter(results['runs'].values()))[i]['prompt_tokens']} | " + " | ".join(row) + " |")
+    prompt_tokens = next(iter(results["runs"].values()))[i]["prompt_tokens"]
+    print(f"| {i + 1} | {prompt_tokens} | " + " | ".join(row) + " |")
 os.makedirs(os.path.dirname(args.output), exist_ok=True)
 with open(args.output, "w") as f:
     json.dump(results, f, indent=2, ensure_ascii=False)
