@@ -87,14 +87,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import GenerationMixin
-from transformers import PreTrainedConfig
-from transformers import PreTrainedModel
-from transformers import PreTrainedTokenizerFast
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 # transformers 5.24 renamed the KV cache past_key_values -> cache, in forward() and in outputs;
 # 5.23 has only the old name. Our forward takes both; outputs use the installed release's name.

@@ -12,9 +12,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
 from conftest import ROOT
+from safetensors.torch import load_file, save_file
 
 from phogpt_model import (
     CACHE_NAME,
