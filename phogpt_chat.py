@@ -10,6 +10,8 @@ an answer, Ctrl+D quits. The web page has the same, plus a system-prompt box, a 
 the chat in the /save format, and the speed of each answer.
 """
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -309,16 +311,19 @@ def save_chat(path, history, system):
     """Append the chat to path as one JSONL line; return the notice to print."""
     if not path or not history:
         return "(cách dùng: /save TỆP, sau ít nhất một câu trả lời)"
-    line = conversation_line(history, system)
+    path = os.path.expanduser(path)
+    data = conversation_line(history, system).encode("utf-8")
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        # Unbuffered, so a failed write can be cut off again right here.
+        with open(path, "ab", buffering=0) as f:
             size = f.tell()
             try:
-                f.write(line)
-                f.flush()
+                if f.write(data) != len(data):
+                    raise OSError(errno.ENOSPC, "disk full")
             except OSError:
-                # A full disk: cut the half-written line, the file stays as it was.
-                f.truncate(size)
+                # A full disk: cut the half-written line, so the file stays as it was.
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
                 raise
     except IsADirectoryError:
         return f"(không lưu được: {path} là một thư mục; hãy ghi tên tệp, ví dụ {path}/chat.jsonl)"
@@ -327,13 +332,15 @@ def save_chat(path, history, system):
     except PermissionError:
         return f"(không lưu được: không có quyền ghi vào {path}; hãy chọn tệp khác)"
     except OSError as err:
-        return f"(không lưu được vào {path}: {err.strerror or err}; hội thoại vẫn còn)"
+        reason = "ổ đĩa đã đầy" if err.errno == errno.ENOSPC else err.strerror or err
+        return f"(không lưu được vào {path}: {reason}; hội thoại vẫn còn)"
     return f"(đã thêm hội thoại này, {len(history) // 2} lượt, vào {path})"
 
 
 def terminal_chat(chat, show_stats):
     """Questions from the keyboard, answers streamed to the screen, until /exit or Ctrl+D."""
-    print(f"PhoGPT: {chat['name']}. Lệnh: {COMMANDS}. Ctrl+C dừng câu trả lời, Ctrl+D thoát.")
+    print(f"Trò chuyện với {chat['name']}. Lệnh: {COMMANDS}. Ctrl+C dừng câu trả lời, "
+          "Ctrl+D thoát.")
     try:
         # Arrow keys and a history of what was typed, in input().
         import readline  # noqa: F401
@@ -366,8 +373,8 @@ def terminal_chat(chat, show_stats):
             print(save_chat(line[len("/save"):].strip(), history, chat["system"]))
         elif line.startswith("/"):
             print(f"(lệnh: {COMMANDS})")
-        elif line:
-            history = ask(chat, history, prompts.defuse(line), show_stats)
+        elif prompts.defuse(line).strip():
+            history = ask(chat, history, prompts.defuse(line).strip(), show_stats)
 
 
 def ask(chat, history, question, show_stats):
