@@ -31,8 +31,9 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
 parser.add_argument("--sentence",
                     default="Question: Xin chào Answer: Công ty BICweb kính chào quý khách!",
                     help="the one sentence to memorise: 'Question: ... Answer: ...'")
-parser.add_argument("--data", help="instead of --sentence: a file of 'Question: ... Answer: ...' "
-                    "lines, or JSONL with question/answer (UTF-8 or UTF-16)")
+parser.add_argument("--data", default="none",
+                    help="instead of --sentence: a file of 'Question: ... Answer: ...' lines, "
+                    "or JSONL with question/answer (UTF-8 or UTF-16)")
 parser.add_argument("--model", default="scratch",
                     help="scratch = a tiny GPT-2 from zero; or a small causal LM id or folder")
 parser.add_argument("--size", default="2x64", help="scratch model size, LAYERSxWIDTH")
@@ -49,13 +50,16 @@ parser.add_argument("--seed", type=int, default=1234,
                     help="random seed: same seed, same output on the same CPU")
 parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                     help="where to run")
-parser.add_argument("--output", help="folder to save the model, tokenizer and onechat_run.json")
+parser.add_argument("--output", default="none",
+                    help="folder to save the model, tokenizer and onechat_run.json")
 parser.add_argument("--overwrite", action="store_true", help="replace an --output that has files")
-parser.add_argument("--load", help="a folder saved by --output: answer with it, no training")
-parser.add_argument("--prompt", help="answer this one question ('Question: ...' or the question)")
+parser.add_argument("--load", default="none",
+                    help="a folder saved by --output: answer with it, no training")
+parser.add_argument("--prompt", default="",
+                    help="answer this one question ('Question: ...' or the question)")
 parser.add_argument("--chat", action="store_true",
                     help="ask questions in a loop; an empty line, Ctrl+D or Ctrl+C exits")
-parser.add_argument("--sweep", nargs="?", const="1x8,1x16,2x64,4x256",
+parser.add_argument("--sweep", nargs="?", const="1x8,1x16,2x64,4x256", default="none",
                     help="train each size or model listed (comma-separated); print a table")
 
 
@@ -184,11 +188,19 @@ def number(flag, text, kind, low, high, example):
 
 # ---- settle defaults and check every input (before any work) ----
 
+# "none" and "" are how --help shows "not given"; from here on, not given is None.
+for flag in ("data", "output", "load", "sweep"):
+    if getattr(args, flag) == "none":
+        setattr(args, flag, None)
+if args.prompt == "":
+    args.prompt = None
+
 lr = number("--lr", args.lr, float, 1e-8, 1, "1e-3")
 epochs = number("--epochs", args.epochs, int, 1, 100_000, 50)
 number("--batch-size", args.batch_size, int, 1, 4096, 16)
 number("--max-length", args.max_length, int, 8, 32_768, 128)
-number("--seed", args.seed, int, 0, 2**32 - 1, 1234)
+# Any integer torch takes is a seed.
+number("--seed", args.seed, int, -(2**63), 2**64 - 1, 1234)
 sweep = [item.strip() for item in (args.sweep or "").split(",") if item.strip()]
 if args.sweep is not None and not sweep:
     fail("--sweep needs sizes (2x64) or models (gpt2), comma-separated")

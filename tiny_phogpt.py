@@ -171,8 +171,9 @@ if __name__ == "__main__":
     args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 
     # ---- check every input (before any work) ----
-    if not 0 <= args.seed < 2**32:
-        fail(f"--seed {args.seed} is out of range: use 0 to 4294967295; fix: e.g. --seed 0")
+    # Any integer torch takes is a seed.
+    if not -(2**63) <= args.seed < 2**64:
+        fail(f"--seed {args.seed} is out of range: use -2**63 to 2**64 - 1; fix: e.g. --seed 0")
     if not 1 <= args.n_heads <= 64:
         fail(f"--n-heads {args.n_heads} is out of range: use 1 to 64; fix: e.g. --n-heads 4")
     if not 1 <= args.n_layers <= 64:

@@ -303,7 +303,7 @@ def test_unavailable_device_says_so():
 @pytest.mark.parametrize(
     "flags, words",
     [
-        (["--seed", "-1"], ["--seed", "out of range"]),
+        (["--seed", str(2**70)], ["--seed", "out of range"]),
         (["--batch-size", "100000"], ["--batch-size", "out of range"]),
         (["--max-length", "1000000000"], ["--max-length", "out of range"]),
         (["--epochs", "1000000000"], ["--epochs", "out of range"]),
