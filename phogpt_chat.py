@@ -558,7 +558,7 @@ def web_page(chat, args, auth):
         gr.Slider(1, chat["context"] // 2, value=start["max_new_tokens"], step=1,
                   label="Số token tối đa của câu trả lời", render=False),
     ]
-    with gr.Blocks(title="PhoGPT", fill_height=True) as page:
+    with gr.Blocks(title="PhoGPT") as page:
         # The chat goes first on the page but is built last, once its inputs and outputs exist.
         chat_area = gr.Column()
         status = gr.Markdown(elem_id="status")
