@@ -1,6 +1,7 @@
-"""Every script checks every flag before any work: a zero, a negative or an absurd number, and a bogus
-choice, each get one line that names the flag, and exit 1. Values a flag accepts on purpose are listed
-in ACCEPTED, with the reason. The scripts run in this process (fast), offline, as `python SCRIPT ...`."""
+"""Every script checks every flag before any work: a zero, a negative or an absurd number, and a
+bogus choice, each get one line that names the flag, and exit 1. Values a flag accepts on
+purpose are listed in ACCEPTED, with the reason. The scripts run in this process (fast),
+offline, as `python SCRIPT ...`."""
 import argparse
 import os
 import runpy

@@ -1,6 +1,7 @@
-"""Every script, pasted whole into one notebook cell, runs in a real Jupyter kernel whose working folder
-is a clone of the repo (the README's Colab recipe). A student changes a knob by editing the default on
-the script's first screen; the tests do the same by replacing that literal default."""
+"""Every script, pasted whole into one notebook cell, runs in a real Jupyter kernel whose working
+folder is a clone of the repo (the README's Colab recipe). A student changes a knob by editing
+the default on the script's first screen; the tests do the same by replacing that literal
+default."""
 import os
 
 import pytest
@@ -12,7 +13,7 @@ nbclient = pytest.importorskip("nbclient")
 
 
 def run_pasted(script, edits=None, timeout=600):
-    """Paste script (with edits: {old text: new text}) into one cell, run it, return its text output."""
+    """Paste script, with edits {old text: new text}, into one cell; run it; return its output."""
     with open(os.path.join(ROOT, script), encoding="utf-8") as f:
         source = f.read()
     for old, new in (edits or {}).items():
@@ -31,3 +32,54 @@ def run_pasted(script, edits=None, timeout=600):
 def test_onechat_tiny_runs_pasted_into_a_notebook():
     out = run_pasted("onechat_tiny.py")
     assert "Công ty BICweb kính chào quý khách!" in out
+
+
+@pytest.fixture(scope="module")
+def pasted_runs(tmp_path_factory):
+    """The offline tour, each script pasted into its own kernel: a tiny PhoGPT, then an adapter."""
+    folder = tmp_path_factory.mktemp("notebook")
+    tiny, adapter = str(folder / "tiny-phogpt"), str(folder / "tiny-adapter")
+    outputs = {"tiny": run_pasted("tiny_phogpt.py", {'default="tiny-phogpt"': f'default="{tiny}"'})}
+    outputs["qlora"] = run_pasted("phogpt_qlora.py", {
+        'default="vinai/PhoGPT-4B-Chat"': f'default="{tiny}"',
+        'default="data/faq_vi.jsonl"': 'default="data/faq_tiny_vi.jsonl"',
+        'default="phogpt-adapter"': f'default="{adapter}"',
+        "default=30,": "default=3,"})
+    return folder, tiny, adapter, outputs
+
+
+def test_tiny_phogpt_and_qlora_run_pasted_into_a_notebook(pasted_runs):
+    folder, tiny, adapter, outputs = pasted_runs
+    assert os.path.exists(os.path.join(tiny, "model.safetensors"))
+    assert "answered" in outputs["qlora"]
+    assert os.path.exists(os.path.join(adapter, "adapter_model.safetensors"))
+    assert os.path.exists(os.path.join(adapter, "training_summary.json"))
+
+
+def test_chat_runs_pasted_into_a_notebook(pasted_runs):
+    folder, tiny, adapter, outputs = pasted_runs
+    out = run_pasted("phogpt_chat.py", {
+        '"--adapter", default="none"': f'"--adapter", default="{adapter}"',
+        '"--prompt", default=""': '"--prompt", default="Xin chào"',
+        '"--temperature", type=float, default=1.0': '"--temperature", type=float, default=0.0'})
+    assert out.strip()
+
+
+def test_dpo_runs_pasted_into_a_notebook(pasted_runs):
+    folder, tiny, adapter, outputs = pasted_runs
+    out = run_pasted("phogpt_dpo.py", {
+        'default="phogpt-adapter"': f'default="{adapter}"',
+        'default="phogpt-dpo"': f'default="{folder / "tiny-dpo"}"',
+        "default=3, help": "default=1, help"})
+    assert "log p(chosen)" in out
+    assert os.path.exists(folder / "tiny-dpo" / "adapter_model.safetensors")
+
+
+def test_export_runs_pasted_into_a_notebook(pasted_runs):
+    pytest.importorskip("gguf")
+    folder, tiny, adapter, outputs = pasted_runs
+    run_pasted("phogpt_export.py", {
+        '"--adapter", default="none"': f'"--adapter", default="{adapter}"',
+        'default="phogpt-export"': f'default="{folder / "export"}"',
+        'default="q4_k_m"': 'default="f32"'})
+    assert any(name.endswith(".gguf") for name in os.listdir(folder / "export"))
