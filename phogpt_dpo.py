@@ -429,10 +429,17 @@ if progress.interrupted:
 # The first 64 pairs, as trl tokenized them: enough to see the change, not a second epoch.
 rows = trainer.train_dataset.select(range(min(64, kept)))
 model = trainer.model
-model.set_adapter("ref")
-margin_before, ahead_before = mean_margin(model, rows, args.max_length)
-model.set_adapter("default")
-margin_after, ahead_after = mean_margin(model, rows, args.max_length)
+# A Ctrl+C here skips the check, not the save: the training is done.
+try:
+    model.set_adapter("ref")
+    margin_before, ahead_before = mean_margin(model, rows, args.max_length)
+    model.set_adapter("default")
+    margin_after, ahead_after = mean_margin(model, rows, args.max_length)
+except KeyboardInterrupt:
+    print("Ctrl+C: margin check skipped; saving the trained adapter")
+    model.set_adapter("default")
+    margin_before = margin_after = float("nan")
+    ahead_before = ahead_after = "?"
 print(f"log p(chosen) - log p(rejected), mean over {len(rows)} pairs: {margin_before:.2f} "
       f"with the SFT adapter -> {margin_after:.2f} after DPO "
       f"({margin_after - margin_before:+.2f}); chosen ahead in "
@@ -455,6 +462,8 @@ card = (f"# PhoGPT adapter, DPO\n\nBase: `{model_name}`. Started from the SFT ad
         f"{margin_before:.2f} before, {margin_after:.2f} after.\n\n"
         f"Chat with it: `python phogpt_chat.py --adapter {out_dir}`\n")
 partial = out_dir / "adapter.partial"
+# While saving, Ctrl+C waits: a half-saved adapter would look finished.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 try:
     # Only the trained adapter: not trl's frozen "ref" copy.
     model.save_pretrained(partial, selected_adapters=["default"])
@@ -463,11 +472,13 @@ try:
     (partial / "training_summary.json").write_text(summary_text, encoding="utf-8")
     (partial / "README.md").write_text(card, encoding="utf-8")
 except OSError as err:
+    signal.signal(signal.SIGINT, progress.previous)
     fail(f"saving the adapter in {partial} failed ({err}); "
          "fix: free some disk space, then the same command with --resume")
 # phogpt_chat.py looks for adapter_config.json: it arrives last, once everything else is in.
 for name in sorted(os.listdir(partial), key=lambda name: name == "adapter_config.json"):
     os.replace(partial / name, out_dir / name)
 partial.rmdir()
+signal.signal(signal.SIGINT, progress.previous)
 print(f"{trainer.state.global_step} steps in {train_seconds:.0f} s; adapter, README.md and "
       f"training_summary.json in {out_dir}; chat: python phogpt_chat.py --adapter {out_dir}")
