@@ -3,13 +3,28 @@ folder is a clone of the repo (the README's Colab recipe). A student changes a k
 the default on the script's first screen; the tests do the same by replacing that literal
 default."""
 import os
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
 from conftest import ROOT
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbclient")
+
+# The kernel runs from a process of its own: running one from pytest's process would import
+# ipykernel here, and the scripts that other tests run in this process would think they are
+# in a notebook.
+EXECUTE = """
+import sys, nbclient, nbformat
+path, folder, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3])
+notebook = nbformat.read(path, as_version=4)
+nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
+                        resources={"metadata": {"path": folder}}).execute()
+nbformat.write(notebook, path)
+"""
 
 
 def run_pasted(script, edits=None, timeout=600):
@@ -19,11 +34,14 @@ def run_pasted(script, edits=None, timeout=600):
     for old, new in (edits or {}).items():
         assert source.count(old) == 1, f"{old!r} is not one literal default in {script}"
         source = source.replace(old, new)
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
-    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": ROOT}})
-    client.execute()
-    outputs = notebook.cells[0].outputs
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "pasted.ipynb")
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        nbformat.write(notebook, path)
+        run = subprocess.run([sys.executable, "-c", EXECUTE, path, ROOT, str(timeout)],
+                             capture_output=True, text=True, timeout=timeout + 60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outputs = nbformat.read(path, as_version=4).cells[0].outputs
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, f"{script} ended with {errors[0].ename}: {errors[0].evalue}"
     return "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
