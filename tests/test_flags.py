@@ -1,7 +1,7 @@
-"""Every script checks every flag before any work: a zero, a negative or an absurd number, and a bogus
-choice, each get one line that names the flag, and exit 1. Values a flag accepts on purpose are
-listed in ACCEPTED, with the reason. Each script runs offline, in a process of its own that tries
-every case in turn (fast: torch is imported once per script, not once per case)."""
+"""Every script checks every flag before any work: a zero, a negative or an absurd number, and a
+bogus choice, each get one line that names the flag, and exit 1. Values a flag accepts on
+purpose are listed in ACCEPTED, with the reason. Each script runs offline, in a process of its
+own that tries every case in turn (fast: torch is imported once per script, not once per case)."""
 import json
 import os
 import subprocess
@@ -93,7 +93,8 @@ def test_every_bad_flag_value_gets_one_line_naming_the_flag(script):
         lines = message.strip().splitlines()
         one_line = len(lines) == 1 and lines[0].startswith("error:")
         if code != 1 or not one_line or flag not in lines[0]:
-            problems.append(f"{script} {flag} {value}: exit {code}, stderr {message.strip()[-300:]!r}")
+            said = message.strip()[-300:]
+            problems.append(f"{script} {flag} {value}: exit {code}, stderr {said!r}")
     assert not problems, "\n".join(problems)
 
 
