@@ -417,9 +417,11 @@ PARAMETER stop "{tokenizer.eos_token}"
 PARAMETER temperature 1.0
 PARAMETER top_p 0.9
 PARAMETER top_k 50
+PARAMETER num_ctx 2048
 '''
     (partial / "Modelfile").write_text(modelfile, encoding="utf-8")
-    # the sampling above is phogpt_chat.py's (VinAI's README): temperature 1.0, top_p 0.9, top_k 50
+    # the sampling above is phogpt_chat.py's (VinAI's README): temperature 1.0, top_p 0.9, top_k 50;
+    # a 2,048-token context keeps 4B q4_k_m near 3.5 GB of RAM (bench/phogpt_laptop.py)
     example = (head + "Xin chào" + tail).replace("\n", "\\n")
     source = f"`{model_name}`" + (f" with the adapter `{args.adapter}`" if args.adapter else "")
     readme = f'''# PhoGPT on your laptop ({name})
@@ -433,14 +435,17 @@ Exported by phogpt_export.py from {source}.
 
 ## llama.cpp
 
-    llama-cli -m {name}          # chat, with PhoGPT's template
-    llama-completion -m {name} -no-cnv -e -p "{example}" \\
+    llama-cli -m {name} -c 2048 --no-mmap      # chat, with PhoGPT's template
+    llama-completion -m {name} -c 2048 --no-mmap -no-cnv -e -p "{example}" \\
         -n 256 --temp 1.0 --top-p 0.9 --top-k 50 -r "{prompts.STOP_STRINGS[stop].strip()}"
+
+`--no-mmap`: llama.cpp copies q4_K weights into a layout of its own on x86; with mmap the
+file stays mapped beside that copy (4B q4_k_m: 3.9 GB of RAM instead of 2.5 GB).
 
 ## Python (pip install llama-cpp-python)
 
     from llama_cpp import Llama
-    llm = Llama("{name}", n_ctx=2048, verbose=False)
+    llm = Llama("{name}", n_ctx=2048, use_mmap=False, verbose=False)
     reply = llm.create_chat_completion([{{"role": "user", "content": "Xin chào"}}])
     print(reply["choices"][0]["message"]["content"])
 '''

@@ -5,9 +5,12 @@ random weights: time to first token, decode tok/s and peak RAM after prompts of 
 tokens, and this machine's memory read bandwidth, measured in the same run. Each variant runs in
 a process of its own, so its peak RAM is its own. Decoding one token reads every weight once, so
 tok/s <= bandwidth / weight bytes: the table says how close each variant gets to that limit.
+llama.cpp runs without mmap (llama-cli --no-mmap); "+kv8" keeps its KV cache in q8_0, and
+"+mmap" (not run by default) maps the file as llama.cpp does by default.
 
-    python bench/phogpt_laptop.py            # ~35 min on 2 cores; ~25 GB disk, ~17 GB RAM
+    python bench/phogpt_laptop.py            # ~40 min on 2 cores; ~25 GB disk, ~23 GB RAM
     python bench/phogpt_laptop.py --smoke    # a tiny shape in a minute: checks the code path
+    python bench/phogpt_laptop.py --work-dir W --variants llama-q4_k_m --threads 1   # reuses W
 
 The GGUF files come from phogpt_export.py (f16), then llama.cpp's quantiser (q8_0, q4_k_m).
 Needs llama-cpp-python and gguf. Writes bench/results/phogpt_laptop.json (_smoke.json).
@@ -24,7 +27,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ["torch-bf16", "torch-fp32", "llama-f16", "llama-q8_0", "llama-q4_k_m"]
+VARIANTS = ["torch-bf16", "torch-fp32", "llama-f16", "llama-q8_0", "llama-q4_k_m",
+            "llama-q4_k_m+kv8"]
 
 # ---- flags ----
 parser = argparse.ArgumentParser(description=__doc__,
@@ -35,7 +39,10 @@ parser.add_argument("--new-tokens", type=int, default=32, help="tokens decoded a
 parser.add_argument("--variants", default=",".join(VARIANTS), help="which runs, comma-separated")
 parser.add_argument("--output", default=os.path.join(ROOT, "bench", "results",
                                                      "phogpt_laptop.json"))
-parser.add_argument("--work-dir", default="", help="where the model files go (default: a temp dir)")
+parser.add_argument("--work-dir", default="",
+                    help="where the model files go, kept and reused by the next run "
+                    "(default: a temp dir, removed)")
+parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
 # internal: the parent runs each variant as `--child VARIANT --files DIR` in a fresh process
 parser.add_argument("--child", default="", help=argparse.SUPPRESS)
 parser.add_argument("--files", default="", help=argparse.SUPPRESS)
@@ -44,15 +51,11 @@ if args.smoke:
     args.prompt_tokens, args.new_tokens = "16,64", 8
     args.output = args.output.replace(".json", "_smoke.json")
 prompt_lengths = [int(n) for n in args.prompt_tokens.split(",")]
-threads = os.cpu_count() or 1
+threads = args.threads
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, ROOT)
-import prompts  # noqa: E402
-from phogpt_model import CACHE_NAME, PhoGPTConfig, PhoGPTForCausalLM, load_phogpt  # noqa: E402
-from tiny_phogpt import PHOGPT_4B_CHAT_CONFIG, save_tiny_checkpoint  # noqa: E402
 
 
 def peak_ram_gb(pid="self"):
@@ -66,6 +69,16 @@ def peak_ram_gb(pid="self"):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9
 
 
+def own_ram_gb(pid):
+    """Memory of a process's own (RssAnon), without the file pages it maps (0.0: not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next(line for line in f if line.startswith("RssAnon:"))
+        return int(line.split()[1]) * 1024 / 1e9
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def prompt_ids(length, vocab):
     """The same random prompt for every variant (ids of real tokens, no special ones)."""
     return np.random.default_rng(length).integers(4, vocab, size=length).tolist()
@@ -73,6 +86,7 @@ def prompt_ids(length, vocab):
 
 def read_bandwidth_gbs(gib):
     """Best of 5 sums over a gib-GiB tensor on every core: what decoding can stream at most."""
+    import torch
     torch.set_num_threads(threads)
     x = torch.ones(gib * 2**30 // 4)
     best = float("inf")
@@ -85,11 +99,15 @@ def read_bandwidth_gbs(gib):
     return gbs
 
 
-@torch.inference_mode()
-def torch_runs(folder, dtype, vocab):
+def torch_runs(folder, precision, vocab):
     """Our chat path: phogpt_model.py with a DynamicCache, prefill then one token a step."""
+    import torch
     from transformers import DynamicCache
+
+    from phogpt_model import CACHE_NAME, load_phogpt
     torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     model, _ = load_phogpt(folder, dtype=dtype)
     model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -114,16 +132,23 @@ def torch_runs(folder, dtype, vocab):
     return weight_bytes, runs
 
 
-def llama_runs(path, vocab):
+def llama_runs(path, vocab, kv_q8, mmap):
     """llama.cpp through llama-cpp-python: its own generate loop, greedy (temperature 0)."""
     import logging
 
     import llama_cpp
     logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
     n_ctx = max(prompt_lengths) + args.new_tokens + 8
+    # "+kv8": the KV cache in q8_0, half of f16's bytes (llama-cli -fa on -ctk q8_0 -ctv q8_0)
+    kv8 = {}
+    if kv_q8:
+        kv8 = dict(flash_attn=True, type_k=llama_cpp.GGML_TYPE_Q8_0,
+                   type_v=llama_cpp.GGML_TYPE_Q8_0)
+    # no mmap (llama-cli --no-mmap) unless "+mmap": on x86 llama.cpp repacks q4_K weights into
+    # a copy of its own, and with mmap the file's pages stay mapped beside it
     llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
-    # warm-up: the first eval maps the weights in from disk (mmap) and plans the graph
+                          n_threads_batch=threads, use_mmap=mmap, verbose=False, **kv8)
+    # warm-up: the first eval plans the graph
     for _ in llm.generate(prompt_ids(8, vocab), temp=0.0, reset=True):
         break
     runs = []
@@ -142,20 +167,25 @@ def llama_runs(path, vocab):
     return os.path.getsize(path), runs
 
 
-# ---- child: one variant, its numbers as the last line ----
+# ---- child: one variant, its numbers as the last line (llama.cpp runs never import torch) ----
 if args.child:
-    config = json.load(open(os.path.join(args.files, "model", "config.json")))
     vocab = len(json.load(open(os.path.join(args.files, "model", "tokenizer.json")))["model"][
         "vocab"])
     kind, precision = args.child.split("-", 1)
     if kind == "torch":
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-        weight_bytes, runs = torch_runs(os.path.join(args.files, "model"), dtype, vocab)
+        weight_bytes, runs = torch_runs(os.path.join(args.files, "model"), precision, vocab)
     else:
+        precision, _, option = precision.partition("+")
         path = os.path.join(args.files, f"phogpt-{precision}.gguf")
-        weight_bytes, runs = llama_runs(path, vocab)
+        weight_bytes, runs = llama_runs(path, vocab, kv_q8=option == "kv8", mmap=option == "mmap")
     print(json.dumps({"weight_bytes": weight_bytes, "runs": runs}))
     sys.exit(0)
+
+import torch  # noqa: E402
+
+import prompts  # noqa: E402
+from phogpt_model import PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
+from tiny_phogpt import PHOGPT_4B_CHAT_CONFIG, save_tiny_checkpoint  # noqa: E402
 
 # ---- parent: the model files ----
 shape = dict(d_model=3072, n_heads=24, n_layers=32, vocab_size=20480, max_seq_len=8192)
@@ -172,73 +202,89 @@ results["read_bandwidth_gbs"] = round(read_bandwidth_gbs(gib), 1)
 print(f"read bandwidth: {results['read_bandwidth_gbs']} GB/s (sum over {gib} GiB, "
       f"{threads} threads)", flush=True)
 
-start = time.perf_counter()
-# the tokenizer of a tiny checkpoint (PhoGPT's special ids), the weights random at the real shape
-texts = [prompts.PHOGPT_USER_FIRST + "Xin chào" + prompts.PHOGPT_ASSISTANT, "Hà Nội, Việt Nam"]
-save_tiny_checkpoint(model_dir, texts)
-config = dict(PHOGPT_4B_CHAT_CONFIG, **shape, torch_dtype="bfloat16")
-torch.manual_seed(0)
-model = PhoGPTForCausalLM._from_config(PhoGPTConfig(**config), dtype=torch.bfloat16)
-print(f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, random", flush=True)
-# save_pretrained may shard 7.4 GB: the tiny weights must not stay next to the shards
-os.remove(os.path.join(model_dir, "model.safetensors"))
-model.save_pretrained(model_dir)
-del model
-results["make_checkpoint_s"] = round(time.perf_counter() - start, 1)
-
-# the GGUF files: phogpt_export.py as a student runs it, then llama.cpp's quantiser
-start = time.perf_counter()
-export = [sys.executable, os.path.join(ROOT, "phogpt_export.py"), "--model", model_dir,
-          "--gguf", "f16", "--output", os.path.join(work, "export"), "--overwrite"]
-process = subprocess.Popen(export, cwd=ROOT)
-export_peak = 0.0
-while process.poll() is None:
-    export_peak = max(export_peak, peak_ram_gb(process.pid))
-    time.sleep(0.5)
-assert process.returncode == 0, "phogpt_export.py failed"
-shutil.move(os.path.join(work, "export", "phogpt-f16.gguf"), os.path.join(work, "phogpt-f16.gguf"))
-results["export_f16_s"] = round(time.perf_counter() - start, 1)
-results["export_peak_ram_gb"] = round(export_peak, 2)
-import ctypes  # noqa: E402
-import logging  # noqa: E402
-
-import llama_cpp  # noqa: E402
-
-# the quantiser logs every tensor
-logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
-
-for name, ftype in [("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
-                    ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)]:
-    if f"llama-{name}" not in args.variants:
-        continue
+# a --work-dir that holds the files of an earlier run (of this shape) reuses them
+reuse = os.path.isfile(os.path.join(work, "phogpt-q4_k_m.gguf"))
+if reuse:
+    print(f"reusing the model files in {work}", flush=True)
+else:
     start = time.perf_counter()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads
-    source = os.path.join(work, "phogpt-f16.gguf").encode()
-    target = os.path.join(work, f"phogpt-{name}.gguf").encode()
-    assert llama_cpp.llama_model_quantize(source, target, ctypes.byref(params)) == 0
-    results[f"quantise_{name}_s"] = round(time.perf_counter() - start, 1)
+    # a tiny checkpoint's tokenizer (PhoGPT's special ids), random weights at the real shape
+    texts = [prompts.PHOGPT_USER_FIRST + "Xin chào" + prompts.PHOGPT_ASSISTANT,
+             "Hà Nội, Việt Nam"]
+    save_tiny_checkpoint(model_dir, texts)
+    config = dict(PHOGPT_4B_CHAT_CONFIG, **shape, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    model = PhoGPTForCausalLM._from_config(PhoGPTConfig(**config), dtype=torch.bfloat16)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, random",
+          flush=True)
+    # save_pretrained may shard 7.4 GB: the tiny weights must not stay next to the shards
+    os.remove(os.path.join(model_dir, "model.safetensors"))
+    model.save_pretrained(model_dir)
+    del model
+    results["make_checkpoint_s"] = round(time.perf_counter() - start, 1)
+
+    # the GGUF files: phogpt_export.py as a student runs it, then llama.cpp's quantiser
+    start = time.perf_counter()
+    export = [sys.executable, os.path.join(ROOT, "phogpt_export.py"), "--model", model_dir,
+              "--gguf", "f16", "--output", os.path.join(work, "export"), "--overwrite"]
+    process = subprocess.Popen(export, cwd=ROOT)
+    export_peak, export_own = 0.0, 0.0
+    while process.poll() is None:
+        export_peak = max(export_peak, peak_ram_gb(process.pid))
+        export_own = max(export_own, own_ram_gb(process.pid))
+        time.sleep(0.5)
+    assert process.returncode == 0, "phogpt_export.py failed"
+    shutil.move(os.path.join(work, "export", "phogpt-f16.gguf"),
+                os.path.join(work, "phogpt-f16.gguf"))
+    results["export_f16_s"] = round(time.perf_counter() - start, 1)
+    # the peak counts the safetensors pages the loader maps; "own" is the process's memory
+    results["export_peak_ram_gb"] = round(export_peak, 2)
+    results["export_own_ram_gb"] = round(export_own, 2)
+    import ctypes
+    import logging
+
+    import llama_cpp
+
+    # the quantiser logs every tensor
+    logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+    for name, ftype in [("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
+                        ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)]:
+        start = time.perf_counter()
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = threads
+        source = os.path.join(work, "phogpt-f16.gguf").encode()
+        target = os.path.join(work, f"phogpt-{name}.gguf").encode()
+        assert llama_cpp.llama_model_quantize(source, target, ctypes.byref(params)) == 0
+        results[f"quantise_{name}_s"] = round(time.perf_counter() - start, 1)
 print({k: v for k, v in results.items() if k.endswith(("_s", "_gb"))}, flush=True)
 
 # ---- parent: each variant in its own process ----
 results["variants"] = {}
 for variant in args.variants.split(","):
     child = [sys.executable, os.path.abspath(__file__), "--child", variant, "--files", work,
-             "--prompt-tokens", args.prompt_tokens, "--new-tokens", str(args.new_tokens)]
+             "--prompt-tokens", args.prompt_tokens, "--new-tokens", str(args.new_tokens),
+             "--threads", str(threads)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(child, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
         print(f"{variant} failed:\n{done.stderr[-2000:]}")
         continue
     measured = json.loads(done.stdout.strip().splitlines()[-1])
-    limit = results["read_bandwidth_gbs"] * 1e9 / measured["weight_bytes"]
+    results["variants"][variant] = measured
+    print(variant, json.dumps(measured["runs"]), flush=True)
+
+# the bandwidth again at the end: a shared machine varies, and the limit takes the best reading
+bandwidth = round(read_bandwidth_gbs(gib), 1)
+print(f"read bandwidth at the end: {bandwidth} GB/s", flush=True)
+results["read_bandwidth_end_gbs"] = bandwidth
+bandwidth = max(bandwidth, results["read_bandwidth_gbs"])
+for measured in results["variants"].values():
+    limit = bandwidth * 1e9 / measured["weight_bytes"]
     for run in measured["runs"]:
         run["bandwidth_limit_tok_s"] = round(limit, 2)
         run["percent_of_limit"] = round(100 * run["tokens_per_s"] / limit, 1)
     measured["weight_gb"] = round(measured["weight_bytes"] / 1e9, 2)
-    results["variants"][variant] = measured
-    print(variant, json.dumps(measured["runs"]), flush=True)
 
 # ---- report ----
 print("\n| variant | weights GB | prompt | first token s | decode tok/s | % of bandwidth limit "

@@ -401,7 +401,7 @@ def test_merged_adapter_answers_the_faq_in_llama_cpp(bases, adapter, tmp_path, c
             assert render_with_go(template, conversation, tmp_path) == expected
     assert f'PARAMETER stop """{prompts.STOP_STRINGS["chat"]}"""' in modelfile
     assert 'PARAMETER stop "</s>"' in modelfile
-    for line in ["temperature 1.0", "top_p 0.9", "top_k 50"]:
+    for line in ["temperature 1.0", "top_p 0.9", "top_k 50", "num_ctx 2048"]:
         assert f"PARAMETER {line}\n" in modelfile
     readme = (tmp_path / "g" / "README.md").read_text(encoding="utf-8")
     assert "ollama create" in readme and "llama-cli -m phogpt-f32.gguf" in readme
