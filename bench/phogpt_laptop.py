@@ -58,25 +58,17 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, ROOT)
 
 
-def peak_ram_gb(pid="self"):
-    """Peak resident memory of a process (VmHWM: unlike ru_maxrss, not inherited over exec)."""
+def ram_gb(pid="self", field="VmHWM"):
+    """A memory line of /proc/PID/status in GB: VmHWM, the peak resident memory (unlike
+    ru_maxrss, not inherited over exec), or RssAnon, the process's own memory without the file
+    pages it maps. Not Linux: ru_maxrss, the peak of this process."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            line = next(line for line in f if line.startswith("VmHWM:"))
+            line = next(line for line in f if line.startswith(field + ":"))
         return int(line.split()[1]) * 1024 / 1e9
     except (OSError, StopIteration):
-        # not Linux: ru_maxrss (bytes on macOS), of this process only
+        # bytes on macOS
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9
-
-
-def own_ram_gb(pid):
-    """Memory of a process's own (RssAnon), without the file pages it maps (0.0: not Linux)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            line = next(line for line in f if line.startswith("RssAnon:"))
-        return int(line.split()[1]) * 1024 / 1e9
-    except (OSError, StopIteration):
-        return 0.0
 
 
 def prompt_ids(length, vocab):
@@ -128,7 +120,7 @@ def torch_runs(folder, precision, vocab):
         decode_s = time.perf_counter() - start
         runs.append(dict(prompt_tokens=length, ttft_s=round(first_s, 3),
                          tokens_per_s=round(args.new_tokens / decode_s, 3),
-                         peak_ram_gb=round(peak_ram_gb(), 2)))
+                         peak_ram_gb=round(ram_gb(), 2)))
     return weight_bytes, runs
 
 
@@ -140,14 +132,14 @@ def llama_runs(path, vocab, kv_q8, mmap):
     logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
     n_ctx = max(prompt_lengths) + args.new_tokens + 8
     # "+kv8": the KV cache in q8_0, half of f16's bytes (llama-cli -fa on -ctk q8_0 -ctv q8_0)
-    kv8 = {}
+    kv_options = {}
     if kv_q8:
-        kv8 = dict(flash_attn=True, type_k=llama_cpp.GGML_TYPE_Q8_0,
+        kv_options = dict(flash_attn=True, type_k=llama_cpp.GGML_TYPE_Q8_0,
                    type_v=llama_cpp.GGML_TYPE_Q8_0)
     # no mmap (llama-cli --no-mmap) unless "+mmap": on x86 llama.cpp repacks q4_K weights into
     # a copy of its own, and with mmap the file's pages stay mapped beside it
     llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads,
-                          n_threads_batch=threads, use_mmap=mmap, verbose=False, **kv8)
+                          n_threads_batch=threads, use_mmap=mmap, verbose=False, **kv_options)
     # warm-up: the first eval plans the graph
     for _ in llm.generate(prompt_ids(8, vocab), temp=0.0, reset=True):
         break
@@ -162,7 +154,7 @@ def llama_runs(path, vocab, kv_q8, mmap):
         decode_s = times[-1] - times[0]
         runs.append(dict(prompt_tokens=length, ttft_s=round(times[0] - start, 3),
                          tokens_per_s=round(args.new_tokens / decode_s, 3),
-                         peak_ram_gb=round(peak_ram_gb(), 2)))
+                         peak_ram_gb=round(ram_gb(), 2)))
     llm.close()
     return os.path.getsize(path), runs
 
@@ -230,8 +222,8 @@ else:
     process = subprocess.Popen(export, cwd=ROOT)
     export_peak, export_own = 0.0, 0.0
     while process.poll() is None:
-        export_peak = max(export_peak, peak_ram_gb(process.pid))
-        export_own = max(export_own, own_ram_gb(process.pid))
+        export_peak = max(export_peak, ram_gb(process.pid))
+        export_own = max(export_own, ram_gb(process.pid, "RssAnon"))
         time.sleep(0.5)
     assert process.returncode == 0, "phogpt_export.py failed"
     shutil.move(os.path.join(work, "export", "phogpt-f16.gguf"),
