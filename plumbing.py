@@ -171,9 +171,10 @@ def temp_name(path):
     path = Path(path)
     return path.with_name(f".phogpt-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
 
-def read_marker(folder):
+# A JSON file as a value; None if it is missing or cut short.
+def read_json(path):
     try:
-        return json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -193,14 +194,14 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
         return folder
     if folder.exists() and not folder.is_dir():
         fail(f"--output {folder} is a file; fix: give a folder name, e.g. my-adapter")
-    for flag, path in {"the working folder": ".", **(protect or {})}.items():
+    for flag, path in {"the working folder": Path.cwd(), **(protect or {})}.items():
         if path and Path(path).exists() and holds(folder, path):
             fail(f"--output {folder} holds {flag} {path}, which must stay as it is; "
                  "fix: pick another --output, e.g. my-adapter")
     # A notebook reruns a cell in one process: the lock of its last run goes first.
     release_outputs(folder)
     names = sorted(set(os.listdir(folder)) - {MARKER, LOCK}) if folder.is_dir() else []
-    marker = read_marker(folder)
+    marker = read_json(folder / MARKER)
     listed = marker["files"] if marker else []
     strangers = [n for n in names if n not in listed and not OURS.fullmatch(n)]
     if strangers or (names and marker is None):
@@ -245,11 +246,20 @@ def release_outputs(only=None):
 # What we write into a marked folder is listed there as ours.
 def record(path):
     path = Path(path)
-    marker = read_marker(path.parent)
+    marker = read_json(path.parent / MARKER)
     if marker is None or path.name in marker["files"] or OURS.fullmatch(path.name):
         return
     marker["files"].append(path.name)
     atomic_write(path.parent / MARKER, json.dumps(marker, ensure_ascii=False))
+
+# A write that failed for lack of space, however the library words it.
+def disk_full(err):
+    if isinstance(err, OSError) and err.errno in (28, 27, 122):
+        return True
+    # safetensors and torch.save report it in their own words.
+    signs = ("os error 28", "os error 27", "No space left", "failed writing", "unexpected pos")
+    return any(sign in str(err) for sign in signs)
+
 
 # Write data (text, bytes, or a function given a path) under a unique name, then rename:
 # a kill or a full disk never leaves a half-written file under the real name.
@@ -339,7 +349,7 @@ def on_ctrl_c(then):
         # A notebook keeps its own Ctrl+C: the interrupt button.
         if NOTEBOOK:
             return
-        line, then = then, lambda *_: (say(line), sys.exit(130))
+        line, then = then, lambda *_: (release_outputs(), say(line), sys.exit(130))
     signal.signal(signal.SIGINT, then or SIGINT_BEFORE)
 
 # A Trainer callback: the first Ctrl+C finishes the step, saves a checkpoint and stops; a
