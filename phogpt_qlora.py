@@ -447,6 +447,7 @@ if plumbing.RANK == 0:
 if cuda:
     torch.cuda.reset_peak_memory_stats()
 stop = plumbing.ctrl_c_saves()
+trainer.add_callback(stop)
 state_before = plumbing.read_json(last / "trainer_state.json") if last else {}
 tokens_before = state_before.get("num_input_tokens_seen", 0)
 started = time.time()
