@@ -332,3 +332,5 @@ except Exception as err:
 plumbing.on_ctrl_c(None)
 say(f"{trainer.state.global_step} steps in {train_seconds:.0f} s; adapter, README.md and "
     f"training_summary.json in {out_dir}; chat: python phogpt_chat.py --adapter {out_dir}")
+# This run is done: the folder is free for the next one (a notebook reruns cells).
+plumbing.release_outputs()

@@ -629,3 +629,5 @@ except Exception as err:
 plumbing.on_ctrl_c(None)
 say(f"{summary['tokens_per_s']:,.0f} tokens/s, peak {peak:.2f} GiB, {train_seconds:.0f} s; "
     f"adapter, {', '.join(written)} in {out_dir}")
+# This run is done: the folder is free for the next one (a notebook reruns cells).
+plumbing.release_outputs()
