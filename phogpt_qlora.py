@@ -2,21 +2,11 @@
 
     python phogpt_qlora.py --data data/faq_vi.jsonl            # train; the adapter goes to --output
     python phogpt_qlora.py --data data/faq_vi.jsonl --dry-run  # check the data, see the examples
-    python phogpt_qlora.py --data data/faq_vi.jsonl --eval-data data/faq_vi_rephrased.jsonl
     python phogpt_chat.py --adapter phogpt-adapter             # then chat with what it learnt
 
-No GPU? A tiny random PhoGPT memorises six answers in about a minute on a 2-core CPU
-(it memorises; it does not understand):
-
-    python tiny_phogpt.py
-    python phogpt_qlora.py --model tiny-phogpt --data data/faq_tiny_vi.jsonl \\
-        --output tiny-adapter --epochs 100 --lr 1e-2
-    python phogpt_chat.py --model tiny-phogpt --adapter tiny-adapter --temperature 0 \\
-        --prompt "Trung tâm có xuất hóa đơn không?"
-
-Rows may be question/answer, prompt/response, instruction/input/output, messages or conversations,
-in a .jsonl, .json or .csv file (UTF-8). --output receives the adapter (safetensors), the tokenizer,
-checkpoints, loss_curve.png, training_summary.json and README.md, a model card.
+No GPU? `python tiny_phogpt.py`, then `--model tiny-phogpt --data data/faq_tiny_vi.jsonl
+--output tiny-adapter --epochs 100 --lr 1e-2`: a tiny random PhoGPT memorises six answers in
+about a minute on a 2-core CPU (it memorises; it does not understand).
 """
 import argparse
 import functools
@@ -300,16 +290,12 @@ run = {"model": model_name, "data": data_name, "data_sha256": data_id, "template
        "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
        "lora_targets": targets}
 before = (plumbing.read_json(out_dir / "run.json") or {}) if last else {}
-for key, value in run.items():
-    # The content decides, not the file name: a moved file is the same data.
-    if key == "data" or before.get(key, value) == value:
-        continue
-    if key == "data_sha256":
-        fail(f"--resume: {data_name} is not the data this run trained on "
-             f"({before.get('data')}, content changed or another file); "
-             "fix: resume with the same --data, or start afresh with --overwrite")
-    fail(f"--resume: this run trained with {key} {before[key]}, not {value}; "
-         "fix: resume with the same settings, or start afresh with --overwrite")
+# The content decides, not the file name: a moved file is the same data.
+for key in [key for key in run if key != "data" and before.get(key, run[key]) != run[key]]:
+    was, now = (before["data"], data_name) if key == "data_sha256" else (before[key], run[key])
+    name = key.removesuffix("_sha256")
+    fail(f"--resume: this run trained with {name} {was}, not {now}; fix: resume with the "
+         "same flags and data, or start afresh with --overwrite")
 done_steps = plumbing.read_json(last / "trainer_state.json")["global_step"] if last else 0
 # A finished run has its adapter; one whose final save failed has only the last checkpoint.
 if done_steps >= total_steps and (out_dir / "adapter_config.json").exists():
@@ -337,7 +323,8 @@ try:
         ddp_find_unused_parameters=False, remove_unused_columns=False,
         # Padded batches of similar lengths, or (--packing) one row whose positions restart.
         train_sampling_strategy="random" if args.packing else "group_by_length")
-    get_reporting_integration_callbacks(settings.report_to)
+    # The trackers' callbacks check that their package is installed.
+    [tracker() for tracker in get_reporting_integration_callbacks(settings.report_to)]
     Trainer.get_optimizer_cls_and_kwargs(settings)
 except (ValueError, RuntimeError, ImportError) as err:
     reason = str(err).splitlines()[0][:200]
@@ -397,7 +384,6 @@ def draw_curve(history, title):
     # No pyplot: it would change a notebook's plotting backend.
     try:
         from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     train_points = [(log["step"], log["loss"]) for log in history if "loss" in log]
@@ -410,10 +396,6 @@ def draw_curve(history, title):
     if eval_points:
         axes.plot(*zip(*eval_points), marker="o", label="held-out loss")
     axes.set(xlabel="step", ylabel="loss", title=title)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    top = axes.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch,
-                                                  lambda e: e * steps_per_epoch))
-    top.set_xlabel("epoch")
     axes.grid(alpha=0.3)
     axes.legend()
     save = functools.partial(figure.savefig, dpi=100, format="png")

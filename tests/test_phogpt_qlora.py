@@ -221,7 +221,7 @@ def test_resume_refuses_other_data_another_lora_shape_and_a_finished_run(tiny, f
     common = ["--model", tiny, "--output", output, "--epochs", 150, "--batch-size", 6, *FAST,
               "--resume"]
     code, out, err = run_here(capsys, *common, "--data", other)
-    assert_one_error_line(code, err, f"{other} is not the data this run trained on", str(faq))
+    assert_one_error_line(code, err, f"trained with data {faq}, not {other}")
     code, out, err = run_here(capsys, *common, "--data", faq, "--lora-r", 8)
     assert_one_error_line(code, err, "lora_r 16, not 8")
     # Same data, same settings, nothing left to do: say so instead of "training" 0 steps.
