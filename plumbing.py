@@ -158,6 +158,26 @@ def read_rows(source):
         for item, row in enumerate(rows, 1):
             yield (f"{source}:{number}" if number else f"{source} item {item}"), row
 
+# Make these packages unimportable in this process: libraries that use them when installed
+# (peft and trl import bitsandbytes) then carry on without them.
+def skip_imports(*names):
+    for name in names:
+        # A module set to None in sys.modules makes `import name` raise ImportError.
+        sys.modules.setdefault(name, None)
+
+
+# No code downloaded from the hub at run time; bitsandbytes only for 4-bit or 8-bit loading.
+# transformers and bitsandbytes fetch compiled "kernels" from the hub when they can: a network
+# call, and code nobody reviewed. Call this before importing transformers, peft, trl, datasets.
+def keep_hub_code_out(load_in="none", cuda=False):
+    # transformers' own switch (a user who wants hub kernels can set it to YES).
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")
+    # trl reports each training run to the hub unless told not to.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    quantised = load_in in ("4bit", "8bit") or (load_in == "auto" and cuda)
+    skip_imports("kernels", *([] if quantised else ["bitsandbytes"]))
+
+
 # ---- output folders: never delete or replace what a run of ours did not make ----
 # The marker says a run of ours made the folder and lists what it wrote there.
 MARKER, LOCK = ".phogpt-run.json", ".phogpt-run.lock"
