@@ -473,6 +473,9 @@ def test_left_padded_batch_generates_the_same_with_and_without_cache(taught_phog
     cached = model.generate(**inputs, use_cache=True, **kwargs)
     uncached = model.generate(**inputs, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
+    # A static cache pads the mask to its own length: same tokens again
+    static = model.generate(**inputs, cache_implementation="static", **kwargs)
+    assert torch.equal(cached, static)
 
 
 def test_generate_and_training_print_no_deprecation_notice(tiny_phogpt):
