@@ -7,7 +7,6 @@ The layers come first, in the order data flows through them:
     wte -> blocks[i]: x + attn(norm_1(x)), then x + ffn(norm_2(x)) -> norm_f -> h @ wte.T
 then the config, the model, and loading (skip that on a first read).
 """
-import glob
 import json
 import math
 import os
@@ -21,44 +20,38 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
-from transformers import PreTrainedTokenizerFast
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-# Why our own file? VinAI publishes llm-foundry's "remote code", which fails
-# on transformers >= 4.52 (PhoGPT issue #33) and runs code from the hub.
-# transformers' MptForCausalLM has no biases: it loads PhoGPT, drops them
-# and writes wrong text, with no error. Here is llm-foundry's MPT, exactly.
+# Why ours? VinAI's remote code fails on transformers >= 4.52 (issue #33);
+# MptForCausalLM drops PhoGPT's biases: wrong text, no error.
 
-# transformers 5.24 renamed the KV cache past_key_values -> cache (5.23 has
-# only the old name). Our forwards take both; outputs use the installed
-# name, so a caller writes model(ids, **{CACHE_NAME: cache}).
-_FIELDS = BaseModelOutputWithPast.__dataclass_fields__
-CACHE_NAME = "cache" if "cache" in _FIELDS else "past_key_values"
+# transformers 5.24 renamed the KV cache past_key_values -> cache: we take
+# both; callers write model(ids, **{CACHE_NAME: cache}).
+_NEW = "cache" in BaseModelOutputWithPast.__dataclass_fields__
+CACHE_NAME = "cache" if _NEW else "past_key_values"
 
 # Logits per lm_head call in the training loss: 819 tokens for 4B, 66 for 7B5.
 LOSS_CHUNK = 2**24
 
 
 # ---- the layers ----
-
 class LayerNorm(nn.LayerNorm):
     def __init__(self, config):
-        d, eps = config.d_model, config.layer_norm_epsilon
-        super().__init__(d, eps=eps, bias=not config.no_bias)
+        eps, bias = config.layer_norm_epsilon, not config.no_bias
+        super().__init__(config.d_model, eps=eps, bias=bias)
         self.low_precision = config.norm_type == "low_precision_layernorm"
 
     def forward(self, x):
         if not self.low_precision:
             return super().forward(x)
-        # PhoGPT's low_precision_layernorm: under autocast it normalises in
-        # the low dtype (bf16/fp16), not in the fp32 autocast picks for norms.
+        # Under autocast: bf16/fp16, not the fp32 autocast picks.
         device = x.device.type
         if torch.is_autocast_enabled(device):
             x = x.to(torch.get_autocast_dtype(device))
-        # A no-op unless prepare_model_for_kbit_training upcast the weights.
+        # No-op unless peft upcast weights to fp32.
         weight = self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         with torch.autocast(device, enabled=False):
@@ -70,9 +63,9 @@ class Attention(nn.Module):
         super().__init__()
         d, attn = config.d_model, config.attn_config
         self.n_heads = config.n_heads
-        # The KV cache keeps each layer's keys and values under its index.
+        # The KV cache files keys/values by layer.
         self.layer_idx = layer_idx
-        # PhoGPT says None: the usual 1/sqrt(head size).
+        # PhoGPT: None, so 1/sqrt(head size).
         self.scale = attn.get("softmax_scale") or 1 / math.sqrt(d / config.n_heads)
         self.clip_qkv = attn.get("clip_qkv")
         self.dropout = attn.get("attn_pdrop", 0.0)
@@ -85,14 +78,12 @@ class Attention(nn.Module):
         if self.clip_qkv:
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
         # q, k, v, each (B, heads, T, head size)
-        qkv = qkv.view(B, T, 3, self.n_heads, C // self.n_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            # Append this step's keys and values; attend to all so far.
+            # Append this step's; attend to all.
             k, v = cache.update(k, v, self.layer_idx)
         dropout = self.dropout if self.training else 0.0
-        # ALiBi and the masks come as one additive bias (alibi_bias below):
-        # the attention matrix itself is never stored.
+        # One bias, ALiBi + masks: no (T, T) matrix.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype),
                                            scale=self.scale, dropout_p=dropout)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
@@ -107,7 +98,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, d, bias=bias)
 
     def forward(self, x):
-        # The exact (erf) GELU, as MPT: the tanh one gives other logits.
+        # The exact (erf) GELU, as MPT: not tanh's.
         return self.down_proj(F.gelu(self.up_proj(x), approximate="none"))
 
 
@@ -120,29 +111,28 @@ class PhoGPTBlock(GradientCheckpointingLayer):
         self.ffn = MLP(config)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, attn_bias, cache=None, **kwargs):
-        # Pre-norm residuals, as in GPT-2 and nanoGPT.
+    def forward(self, x, attn_bias, cache=None, **kw):
+        # Pre-norm residuals, as GPT-2 and nanoGPT.
         x = x + self.resid_dropout(self.attn(self.norm_1(x), attn_bias, cache))
         return x + self.resid_dropout(self.ffn(self.norm_2(x)))
 
 
 # ---- the config ----
-
-# llm-foundry's attention options that change the maths, with the only value
-# implemented here: another value would silently compute another model.
+# Attention options that change the maths, and the only value we implement.
 ATTN_DEFAULTS = {
     "attn_type": "multihead_attention", "alibi": True, "prefix_lm": False,
     "qk_ln": False, "qk_gn": False, "attn_uses_sequence_id": False, "rope": False,
     "sliding_window_size": -1, "kv_n_heads": None, "fused_qkv": True,
     "attn_logit_softcapping": None,
 }
-# Read and honoured whatever their value; then those meaningless without rope.
+NORMS = ("layernorm", "low_precision_layernorm")
 ATTN_FREE = {"attn_impl", "attn_pdrop", "alibi_bias_max", "clip_qkv", "softmax_scale",
              "rope_theta", "rope_impl", "rope_dail_config", "rope_hf_config"}
 
 
 class PhoGPTConfig(PreTrainedConfig):
     """PhoGPT's config.json as published: llm-foundry's keys and defaults."""
+    # learned_pos_emb is ignored under ALiBi, as in llm-foundry (no wpe).
     model_type = "mpt"
     attribute_map = {"hidden_size": "d_model", "num_attention_heads": "n_heads",
                      "num_hidden_layers": "n_layers", "max_position_embeddings": "max_seq_len"}
@@ -154,9 +144,6 @@ class PhoGPTConfig(PreTrainedConfig):
     vocab_size: int = 50368
     resid_pdrop: float = 0.0
     emb_pdrop: float = 0.0
-    # learned_pos_emb (true in the file) is ignored under ALiBi, as in
-    # llm-foundry: the checkpoints have no position embedding.
-    learned_pos_emb: bool = True
     attn_config: dict | None = None
     ffn_config: dict | None = None
     logit_scale: float | str | None = None
@@ -177,7 +164,7 @@ class PhoGPTConfig(PreTrainedConfig):
             ("attn_config.alibi=False", attn.get("alibi", False)),
             (f"logit_scale={scale!r}", scale in (None, "inv_sqrt_d_model")
              or isinstance(scale, (int, float))),
-            (f"norm_type={self.norm_type!r}", "layernorm" in self.norm_type),
+            (f"norm_type={self.norm_type!r}", self.norm_type in NORMS),
             (f"ffn_config={ffn!r}", ffn.get("ffn_type", "mptmlp") == "mptmlp"
              and ffn.get("ffn_act_fn") in gelu),
             ("ffn_config.ffn_hidden_size", ffn.get("ffn_hidden_size")
@@ -187,25 +174,22 @@ class PhoGPTConfig(PreTrainedConfig):
             (f"fc_type={kwargs.get('fc_type')!r}",
              kwargs.get("fc_type", "torch") in ("torch", {"name": "torch"})),
             ("block_overrides", not kwargs.get("block_overrides")),
-            ("final_logit_softcapping", not kwargs.get("final_logit_softcapping")),
         ]
         for key, value in attn.items():
             default = ATTN_DEFAULTS.get(key, "unknown")
-            # null is how some configs say "no sliding window".
-            ok = key in ATTN_FREE or value == default or key == "sliding_window_size" and not value
+            # null: "no sliding window".
+            no_window = key == "sliding_window_size" and value is None
+            ok = key in ATTN_FREE or value == default or no_window
             checks.append((f"attn_config.{key}={value!r}", ok))
         for option, implemented in checks:
             if not implemented:
-                raise ValueError(f"PhoGPT config option {option} is not supported by "
-                                 "phogpt_model.py")
+                raise ValueError(f"PhoGPT config option {option} is not supported")
 
 
-# ---- ALiBi and the masks: one additive attention bias ----
-
+# ---- ALiBi and masks: one attention bias ----
 def alibi_slopes(n_heads, alibi_bias_max=8, device=None):
     """llm-foundry's gen_slopes: one slope per head, steeper = more local."""
-    # Slopes for the next power of two; for 24 heads, 32 slopes, the
-    # odd-indexed ones first, then the even ones, cut to 24.
+    # 24 heads: 32 slopes, odd ones first, cut.
     n = 2 ** math.ceil(math.log2(n_heads))
     steps = torch.arange(1, n + 1, dtype=torch.float32, device=device)
     slopes = 1.0 / torch.pow(2, steps * (alibi_bias_max / n))
@@ -225,8 +209,7 @@ def alibi_bias(config, mask, position_ids, past_len, q_len, kv_len, dtype, devic
     if mask is not None and not torch.compiler.is_compiling() and bool(mask.all()):
         mask = None
     if mask is not None:
-        # (B, keys): 1 = a token, 0 = padding. A static cache is longer than
-        # the tokens so far: its empty slots count as padding.
+        # 1 = a token, 0 = padding; a static cache's empty slots too.
         mask = F.pad(mask, (0, max(0, kv_len - mask.shape[-1])))
         allowed = allowed & mask[:, None, None, :kv_len].bool()
     first_pass = isinstance(past_len, int) and past_len == 0 and q_len == kv_len
@@ -236,52 +219,46 @@ def alibi_bias(config, mask, position_ids, past_len, q_len, kv_len, dtype, devic
         start = position_ids[:, :1] - 1
         example = (torch.diff(position_ids, prepend=start, dim=-1) != 1).cumsum(-1)
         allowed = allowed & (example[:, None, :, None] == example[:, None, None, :])
-    # Every token sees itself, so a row of padding gives no NaN.
+    # Each token sees itself: no NaN rows.
     blocked = ~(allowed | (dist == 0))
     # ALiBi: a score gets slope * (key - query), a penalty growing with the
-    # distance. llm-foundry adds slope * (key - last): the same up to one
-    # constant per row, which softmax ignores; left padding changes nothing.
+    # distance (llm-foundry's differs by a constant per row: same softmax).
     bias_max = config.attn_config.get("alibi_bias_max", 8)
     slopes = alibi_slopes(config.n_heads, bias_max, device)[:, None, None]
     if torch.compiler.is_compiling():
-        # The compiled decode step: inductor fuses this, nothing to save.
+        # Compiled decode: inductor fuses this.
         return (slopes * dist).to(dtype)[None].masked_fill(blocked, float("-inf"))
-    # Eager: fp32 maths, cast as it is stored (on CUDA no fp32 copy: 6 GB
-    # at 8k tokens). Rows padded to a multiple of 16: the memory-efficient
-    # SDPA kernel takes the bias as is instead of copying it per layer.
+    # Eager: fp32 maths cast as stored (on CUDA no fp32 copy: 6 GB at 8k
+    # tokens); rows padded to 16, so SDPA uses the bias without a copy.
     padded = -(-kv_len // 16) * 16
     bias = torch.empty(1, len(slopes), q_len, padded, dtype=dtype, device=device)
     bias = bias[..., :kv_len]
     torch.mul(slopes, dist, out=bias[0])
-    if blocked.shape[0] == 1:
-        # No padding: one bias for the whole batch, masked in place.
-        return bias.masked_fill_(blocked, float("-inf"))
-    # With padding each row of the batch gets its own bias.
-    return bias.masked_fill(blocked, float("-inf"))
+    # In place if one bias serves the batch; padding gives each row its own.
+    fill = bias.masked_fill_ if blocked.shape[0] == 1 else bias.masked_fill
+    return fill(blocked, float("-inf"))
 
 
 # ---- the model ----
-
 class PhoGPTPreTrainedModel(PreTrainedModel):
     config_class = PhoGPTConfig
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
-    # device_map may split the model between blocks, never inside one.
+    # device_map splits between blocks only.
     _no_split_modules = ["PhoGPTBlock"]
     _supports_sdpa = True
     _can_compile_fullgraph = True
 
 
 class PhoGPTModel(PhoGPTPreTrainedModel):
-    # Where transformers and peft find the input embeddings.
+    # Where transformers and peft find wte.
     _input_embed_layer = "wte"
 
     def __init__(self, config):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.emb_drop = nn.Dropout(config.emb_pdrop)
-        blocks = [PhoGPTBlock(config, i) for i in range(config.n_layers)]
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(PhoGPTBlock(config, i) for i in range(config.n_layers))
         self.norm_f = LayerNorm(config)
         self.post_init()
 
@@ -292,31 +269,29 @@ class PhoGPTModel(PhoGPTPreTrainedModel):
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         f = self.config.embedding_fraction
         if f != 1:
-            # llm-foundry's trick: same forward, embedding gradient times f.
+            # llm-foundry: same forward, embedding grad times f.
             x = x * f + x.detach() * (1 - f)
         x = self.emb_drop(x)
         q_len = kv_len = x.shape[1]
         past_len = 0
         if cache is not None:
-            # Tokens already cached; a static cache says so in cache_position.
+            # Tokens cached so far (a static cache: cache_position).
             past_len = cache.get_seq_length() if cache_position is None else cache_position[0]
             kv_len = cache.get_mask_sizes(q_len, 0)[0]
-        # The bias takes the dtype attention runs in (autocast's, if on).
+        # The bias in attention's dtype.
         on = x.device.type
         dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else x.dtype
         bias = alibi_bias(self.config, attention_mask, position_ids, past_len, q_len, kv_len,
                           dtype, x.device)
         for block in self.blocks:
             x = block(x, bias, cache=cache)
-        h = self.norm_f(x)
-        return BaseModelOutputWithPast(last_hidden_state=h, **{CACHE_NAME: cache})
+        return BaseModelOutputWithPast(last_hidden_state=self.norm_f(x), **{CACHE_NAME: cache})
 
     def kv_cache(self, cache, use_cache):
-        # Not said: the config decides (PhoGPT's says False; load_phogpt turns
-        # it on). A cache passed in is always used.
+        # Unsaid: a cache given, or the config.
         if use_cache is None:
             use_cache = cache is not None or self.config.use_cache
-        # Activation checkpointing reruns each block: no cache then.
+        # Checkpointing reruns blocks: no cache.
         if self.blocks[0].gradient_checkpointing and self.training:
             use_cache = False
         if not use_cache:
@@ -325,7 +300,7 @@ class PhoGPTModel(PhoGPTPreTrainedModel):
 
 
 class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
-    # The output layer is the input embedding: logits = h @ wte.T
+    # The output layer is wte: logits = h @ wte.T
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config):
@@ -344,17 +319,16 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
         x = out.last_hidden_state
         cache = {CACHE_NAME: getattr(out, CACHE_NAME)}
         if labels is not None and self.training and torch.is_grad_enabled():
-            # Training: the loss only, never (batch, length, vocab) logits.
+            # Training: loss only, no logits.
             loss = self.answer_loss(x, labels, kwargs.get("num_items_in_batch"))
             return CausalLMOutputWithPast(loss=loss, **cache)
-        # generate() asks only for the last position's logits.
+        # generate() wants only the last position's.
         if isinstance(logits_to_keep, int):
             logits_to_keep = slice(-logits_to_keep, None)
         logits = self.logits(x[:, logits_to_keep])
         loss = None
         if labels is not None:
-            vocab = self.config.vocab_size
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab, **kwargs)
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **cache)
 
     def logits(self, x):
@@ -365,33 +339,27 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
         return logits if scale is None else logits * scale
 
     def answer_loss(self, x, labels, num_items_in_batch=None):
-        # transformers' causal LM loss (labels -100: not trained), but for
-        # 7B5's 250,880-token vocabulary the fp32 logits of 16 x 1024 tokens
-        # take 16 GB. So only trained positions go through lm_head, LOSS_CHUNK
-        # logits at a time, and the backward pass recomputes each chunk
-        # instead of keeping it (~300 MB with its gradient).
-        # Position t predicts token t + 1.
+        # transformers' loss without 7B5's 16 GB of logits (16 x 1024
+        # tokens): trained positions only, a chunk at a time, recomputed in
+        # the backward pass. Position t predicts t + 1; -100: not trained.
         targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(x.device)
         trained = targets != -100
         x, targets = x[trained], targets[trained]
-        # Zero, but connected to the graph even if nothing is trained.
+        # Zero, in the graph even if nothing trains.
         total = x[:0].sum()
         step = max(1, LOSS_CHUNK // self.config.vocab_size)
         for i in range(0, len(targets), step):
             total = total + checkpoint(self.summed_cross_entropy, x[i:i + step],
                                        targets[i:i + step], use_reentrant=False)
-        # Trainer passes the count over all its accumulated micro-batches.
-        count = num_items_in_batch
-        if count is None:
-            count = max(1, len(targets))
+        # Trainer counts all accumulated batches.
+        count = num_items_in_batch or max(1, len(targets))
         return total / (count.to(x.device) if torch.is_tensor(count) else count)
 
     def summed_cross_entropy(self, x, targets):
         return F.cross_entropy(self.logits(x).float(), targets, reduction="sum")
 
     def create_masks_for_generate(self, attention_mask=None, cache=None, **kwargs):
-        # generate(cache_implementation="static") decodes with fixed shapes
-        # (CUDA compiles that step): the 2D mask padded to the cache length.
+        # A static cache has fixed shapes (CUDA compiles the step): pad to it.
         cache = kwargs.pop("past_key_values", cache)
         if attention_mask is None or cache is None:
             return attention_mask
@@ -400,11 +368,10 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # transformers fills a missing tensor at random, with a warning a
-        # student misses: here a missing, unexpected or misshapen one is an error.
+        # Missing tensor: an error, not random init.
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        # lm_head is wte (tied): the checkpoints do not store it.
+        # lm_head is wte: not in the checkpoints.
         missing = sorted(k for k in info["missing_keys"] if k != "lm_head.weight")
         unexpected = sorted(info["unexpected_keys"])
         wrong = list(info["mismatched_keys"])
@@ -414,8 +381,7 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
         return (model, info) if want_info else model
 
 
-# ---- loading: one line for each way a download or a copy goes wrong ----
-
+# ---- loading: one line per bad file ----
 def pick_dtype(device=None):
     """bf16 on a CUDA GPU that has it, fp16 on older ones (T4), else fp32."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -423,35 +389,6 @@ def pick_dtype(device=None):
         return torch.float32
     bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.bfloat16 if bf16 else torch.float16
-
-
-def hub_reachable(timeout=5):
-    """True if the Hugging Face hub answers within timeout seconds."""
-    from huggingface_hub import constants
-
-    # The hub client retries for minutes; offline, a student deserves one
-    # line in seconds.
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def cached_hub_folder(name, filename="config.json"):
-    """The local snapshot of a hub model downloaded before, else None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(name, filename)
-    except ValueError:
-        # Not a valid model id.
-        return None
-    return os.path.dirname(cached) if isinstance(cached, str) else None
 
 
 def model_source(name_or_path):
@@ -464,66 +401,51 @@ def model_source(name_or_path):
         raise OSError(f"model folder {name_or_path} not found: check the path, "
                       "or give a hub id like vinai/PhoGPT-4B-Chat")
     from huggingface_hub import constants
-
-    # Offline on purpose, or the hub is out of reach but the model was
-    # downloaded before: the local cache only.
+    # The hub client retries minutes: knock once.
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
     if constants.HF_HUB_OFFLINE:
         return {"local_files_only": True}
-    if hub_reachable():
-        return {}
-    if cached_hub_folder(name_or_path) is not None:
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError:
         return {"local_files_only": True}
-    raise OSError(f"cannot reach {urlparse(constants.ENDPOINT).hostname} to download "
-                  f"{name_or_path}: connect to the internet, or download the model once "
-                  "and pass its local folder with --model")
+    return {}
 
 
-def check_json_files(folder, names):
-    """One line (OSError) naming the first of these files that is not whole JSON."""
+def check_files(folder, names):
+    """One line (OSError) naming the first of these files that is damaged."""
     for path in [os.path.join(folder, name) for name in names]:
         if not os.path.isfile(path):
             continue
-        with open(path, "rb") as f:
-            raw = f.read()
         try:
-            json.loads(raw.decode("utf-8"))
-        except ValueError as err:
-            # UnicodeDecodeError is a ValueError too: another encoding, or garbage.
-            why = "is not valid JSON (truncated?)" if "line" in str(err) else "is not UTF-8"
-            why = why if raw.strip() else "is empty"
-            raise OSError(f"{path} {why}; fix: download or copy it again (a UTF-8 JSON "
-                          "file)") from None
-
-
-def check_weight_files(folder):
-    """config.json, shard indexes and .safetensors files are whole, or one line."""
-    names = sorted(os.listdir(folder))
-    indexes = [n for n in names if n.endswith(".index.json")]
-    check_json_files(folder, ["config.json", "generation_config.json", *indexes])
-    for path in [os.path.join(folder, n) for n in names if n.endswith(".safetensors")]:
-        # Reads the header only, and checks that the tensors fill the file.
-        try:
-            with safe_open(path, framework="pt"):
-                pass
+            if path.endswith(".safetensors"):
+                # Header only: tensors fill the file?
+                with safe_open(path, framework="pt"):
+                    continue
+            with open(path, "rb") as f:
+                json.loads(f.read().decode("utf-8"))
+        except UnicodeDecodeError:
+            why = "is not UTF-8 text (another encoding?)"
         except Exception as err:
-            raise OSError(f"{path} is damaged or truncated ({str(err).split(': ')[-1]}); "
-                          "fix: download or save it again (the copy stopped early, or the "
-                          "disk was full?)") from None
+            why = f"is damaged or cut short ({str(err).split(': ')[-1]})"
+        else:
+            continue
+        why = "is empty" if os.path.getsize(path) == 0 else why
+        raise OSError(f"{path} {why}; fix: download or copy it again (the copy stopped "
+                      "early, or the disk was full?)")
 
 
-def load_error_message(name_or_path, err):
-    frames = traceback.extract_tb(err.__traceback__)
-    # torch.load(weights_only=True) reads a .bin: it refuses a pickle that
-    # holds code (never run) or a damaged file, each its own way.
-    if any(f.filename.endswith(("serialization.py", "_unpickler.py")) for f in frames):
-        bins = glob.glob(os.path.join(glob.escape(name_or_path), "*.[bp][it]*"))
-        where = bins[0] if len(bins) == 1 else f"the weights of {name_or_path}"
-        return (f"{where} could not be read as plain PyTorch weights (damaged, or a pickle "
-                "that holds code, which is never run); fix: download it again from a "
-                "source you trust, or use model.safetensors")
-    if "configuration_mpt.py" in str(err):
-        return (f"{name_or_path} has no remote code (configuration_mpt.py): load it "
-                "without trust_remote_code, with phogpt_model.py")
+def load_error_message(name_or_path, err, source, torch_load=False):
+    if torch_load:
+        bins = [n for n in os.listdir(name_or_path) if n.endswith((".bin", ".pt"))]
+        where = f"the weights of {name_or_path}"
+        where = os.path.join(name_or_path, bins[0]) if len(bins) == 1 else where
+        return (f"{where} is not plain PyTorch weights (damaged, or a pickle with code, "
+                "never run); fix: download it again from a source you trust")
+    if source.get("local_files_only"):
+        return (f"{name_or_path} was never downloaded here, and the Hugging Face Hub is "
+                "offline: connect to the internet, or pass the model's folder with --model")
     if not os.path.isdir(name_or_path):
         return (f"could not load {name_or_path} from the Hugging Face Hub: check the model "
                 "id (e.g. vinai/PhoGPT-4B-Chat), or download it once and pass its folder")
@@ -537,27 +459,20 @@ def load_error_message(name_or_path, err):
 
 
 def load_tokenizer(name_or_path, source=None):
-    """PhoGPT's tokenizer. (AutoTokenizer fails on a PhoGPT folder: it first
-    builds transformers' MptConfig, which rejects PhoGPT's config.json.)"""
-    if source is None:
-        source = model_source(name_or_path)
+    # Not AutoTokenizer: MptConfig rejects ours.
+    source = model_source(name_or_path) if source is None else source
     if os.path.isdir(name_or_path):
         names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
-        check_json_files(name_or_path, names)
+        check_files(name_or_path, names)
     try:
         return PreTrainedTokenizerFast.from_pretrained(name_or_path, **source)
     except (OSError, ValueError) as err:
-        raise OSError(load_error_message(name_or_path, err)) from None
+        raise OSError(load_error_message(name_or_path, err, source)) from None
 
 
 def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
                 trust_remote_code=False, quant_type="nf4", double_quant=True):
-    """(model, tokenizer) from a hub id or a local folder.
-
-    load_in: 'none', '4bit' (quant_type, double_quant) or '8bit'. dtype:
-    pick_dtype's by default. Every failure is an OSError or ValueError with
-    one line saying what to do.
-    """
+    """(model, tokenizer); any failure is one line (OSError or ValueError)."""
     if load_in not in ("none", "4bit", "8bit"):
         raise ValueError(f"load_in must be 'none', '4bit' or '8bit', not {load_in!r}")
     if dtype is None:
@@ -568,12 +483,13 @@ def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
     source = model_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path, source)
     if os.path.isdir(name_or_path):
-        check_weight_files(name_or_path)
+        listed = sorted(os.listdir(name_or_path))
+        weights = [n for n in listed if n.endswith((".index.json", ".safetensors"))]
+        check_files(name_or_path, ["config.json", "generation_config.json", *weights])
     kwargs = dict(dtype=dtype, device_map=device_map, **source)
     if load_in != "none":
-        # Imported only when asked: bitsandbytes is slow to import.
+        # Only when asked: bitsandbytes is slow.
         from transformers import BitsAndBytesConfig
-
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=load_in == "4bit", load_in_8bit=load_in == "8bit",
             bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
@@ -581,20 +497,23 @@ def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
     model_class = PhoGPTForCausalLM
     if trust_remote_code:
         from transformers import AutoModelForCausalLM as model_class
-
         kwargs["trust_remote_code"] = True
     try:
         with warnings.catch_warnings():
-            # torch's notice about a foreign pickle: our one line says it.
+            # torch's pickle notice: we say it.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             model = model_class.from_pretrained(name_or_path, **kwargs)
     except Exception as err:
-        message = load_error_message(name_or_path, err)
-        # Errors that are not about files (a config we refuse) stay as they are.
-        if not isinstance(err, OSError) and "PyTorch weights" not in message:
+        # Did torch.load refuse a .bin?
+        frames = traceback.extract_tb(err.__traceback__)
+        torch_load = any(f.filename.endswith(("serialization.py", "_unpickler.py"))
+                         for f in frames)
+        # Not about files (a bad config): as is.
+        if not (torch_load or isinstance(err, OSError)):
             raise
+        message = load_error_message(name_or_path, err, source, torch_load)
         raise OSError(message) from None
-    # The published generation_config has no EOS, and says use_cache: false.
+    # Published: no EOS, and use_cache false.
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.use_cache = True
