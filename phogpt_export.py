@@ -184,7 +184,9 @@ if adapter:
         fail(f"the merged model disagrees with adapter-on-base ({error:.2e}); "
              "fix: merge with --dtype fp32")
 
-# ---- write into a staging folder inside --output, moved in when complete ----
+# ---- write: the input is good, so an earlier export (--overwrite) steps
+# aside; ours goes to a staging folder, moved in when complete ----
+plumbing.make_way(output)
 staging = plumbing.temp_name(output / "export")
 staging.mkdir()
 written = []
@@ -385,8 +387,7 @@ In Python (pip install llama-cpp-python):
     (staging / "README.md").write_text(readme, encoding="utf-8")
     written += ["Modelfile", "README.md"]
 
-# ---- complete: only now does an earlier export (with --overwrite) go ----
-plumbing.make_way(output)
+# ---- complete: moved in, and only now does the earlier export go ----
 plumbing.move_in(staging, output, last="Modelfile" if args.gguf != "none" else "config.json")
 plumbing.release_outputs()
 print(f"wrote {', '.join(written)} to {output}")

@@ -170,6 +170,8 @@ if __name__ == "__main__":
     output = plumbing.claim_output(args.output, args.overwrite)
 
     # ---- write under a name of this run, moved in when complete ----
+    # With --overwrite the earlier tiny model steps aside first.
+    plumbing.make_way(output)
     staging = plumbing.temp_name(output / "tiny")
     try:
         save_tiny_checkpoint(
@@ -179,8 +181,6 @@ if __name__ == "__main__":
     except OSError as error:
         fail(f"could not write {output} ({error.strerror}); "
              "fix: free some disk space")
-    # With --overwrite the earlier tiny model goes only now.
-    plumbing.make_way(output)
     plumbing.move_in(staging, output, last="config.json")
     plumbing.release_outputs()
     # What a student sees: our marker files start with a dot.
