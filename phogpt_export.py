@@ -86,6 +86,9 @@ output = plumbing.claim_output(args.output, args.overwrite, protect=protect)
 # torch after the flags: --help and flag errors stay instant.
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+# Merging needs full weights: no bitsandbytes, no kernels from the hub.
+plumbing.keep_hub_code_out()
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from phogpt_model import load_phogpt  # noqa: E402
