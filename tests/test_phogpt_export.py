@@ -141,6 +141,11 @@ def adapter(bases, tmp_path_factory):
     return str(path)
 
 
+def listing(folder):
+    """What a student sees in a folder (our marker and lock files start with a dot)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+
+
 def export(capsys, tmp_path, *args):
     code, out, err = run_here(capsys, *args)
     assert code == 0, out + err
@@ -414,7 +419,7 @@ def test_quantised_ggufs_answer_the_faq(adapter, bases, tmp_path, capsys):
         output = tmp_path / gguf_type
         export(capsys, tmp_path, "--adapter", adapter, "--gguf", gguf_type, "--output", output)
         path = output / f"phogpt-{gguf_type}.gguf"
-        assert sorted(p.name for p in output.iterdir()) == ["Modelfile", "README.md", path.name]
+        assert listing(output) == ["Modelfile", "README.md", path.name]
         assert gguf.GGUFReader(path).fields["general.file_type"].contents() == file_type
         sizes[gguf_type] = path.stat().st_size
         llm = open_gguf(path)
@@ -439,13 +444,15 @@ def test_bad_input_gets_one_line(bases, tmp_path):
         (["--adapter", tmp_path / "nowhere"], "no adapter_config.json"),
         (["--model", four_bit, "--output", tmp_path / "o"], "full-precision weights"),
         (["--model", bases["biases"], "--gguf", "q5_k"], "invalid choice"),
-        (["--model", bases["biases"], "--output", taken], "already exists"),
+        (["--model", bases["biases"], "--output", taken], "which no run of ours made"),
+        (["--model", bases["biases"], "--output", taken, "--overwrite"],
+         "which no run of ours made"),
         (["--model", bases["biases"], "--output", a_file], "is a file"),
         (["--model", bases["biases"], "--load-in", "4bit"], "unrecognized arguments"),
         (["--model", bases["biases"], "--gguf", "none"], "nothing to export"),
         (["--model", bases["biases"], "--merge"], "--merge needs an adapter"),
         (["--model", bases["biases"], "--output", Path(bases["biases"]).parent, "--overwrite"],
-         "would replace --model"),
+         "holds --model"),
     ]
     for args, message in cases:
         done = run(*args)
@@ -458,14 +465,30 @@ def test_bad_input_gets_one_line(bases, tmp_path):
 def test_an_adapter_of_another_shape_fails_and_keeps_the_old_export(adapter, tmp_path, capsys):
     other = save_tiny_checkpoint(str(tmp_path / "other"), ["xin chào"], d_model=64, n_heads=4)
     old = tmp_path / "export"
-    old.mkdir()
-    (old / "phogpt-q4_k_m.gguf").write_text("the last good export", encoding="utf-8")
+    export(capsys, tmp_path, "--model", other, "--gguf", "f32", "--output", old)
+    before = (old / "phogpt-f32.gguf").read_bytes()
     code, out, err = run_here(capsys, "--model", other, "--adapter", adapter, "--output", old,
                               "--overwrite")
     assert_one_error_line(code, err)
     assert "does not fit" in str(code) + err
-    assert (old / "phogpt-q4_k_m.gguf").read_text(encoding="utf-8") == "the last good export"
+    assert (old / "phogpt-f32.gguf").read_bytes() == before
     # --overwrite replaces it once a new export is complete
     export(capsys, tmp_path, "--model", other, "--gguf", "f16", "--output", old, "--overwrite")
-    assert sorted(p.name for p in old.iterdir()) == ["Modelfile", "README.md", "phogpt-f16.gguf"]
-    assert not (tmp_path / "export.partial").exists() and not (tmp_path / "export.old").exists()
+    assert listing(old) == ["Modelfile", "README.md", "phogpt-f16.gguf"]
+    assert listing(tmp_path) == ["export", "other"]
+
+
+def test_export_never_touches_the_students_own_folders_beside_output(tmp_path, capsys):
+    """OUTPUT.old and OUTPUT.partial beside --output are the student's: the old export
+    deleted them on --overwrite. Now temporary names are unique and live inside --output."""
+    model = save_tiny_checkpoint(str(tmp_path / "model"), ["xin chào"], d_model=32, n_heads=2)
+    mine = {tmp_path / "export.old": "luận văn", tmp_path / "export.partial": "ghi chú"}
+    for folder, text in mine.items():
+        folder.mkdir()
+        (folder / "thesis.txt").write_text(text, encoding="utf-8")
+    for flags in [[], ["--overwrite"], ["--overwrite"]]:
+        export(capsys, tmp_path, "--model", model, "--gguf", "f16", "--output",
+               tmp_path / "export", *flags)
+    for folder, text in mine.items():
+        assert (folder / "thesis.txt").read_text(encoding="utf-8") == text
+    assert listing(tmp_path / "export") == ["Modelfile", "README.md", "phogpt-f16.gguf"]
