@@ -18,14 +18,17 @@ import socket
 import sys
 import threading
 import time
-
-import torch
-from transformers import DynamicCache, StaticCache, TextIteratorStreamer
+import warnings
 
 import prompts
-from phogpt_model import CACHE_NAME, load_phogpt, pick_dtype
 from plumbing import between, fail, parse_flags, pick_device, pick_load_in
 from plumbing import safetensors_complete
+
+
+def tokens_or_auto(text):
+    # --max-length: auto (the model's own context) or a number of tokens.
+    return text if text == "auto" else between(16, 10**6, int)(text)
+
 
 parser = argparse.ArgumentParser(
     description="Multi-turn chat with PhoGPT, in the terminal or in a web page.",
@@ -48,9 +51,9 @@ parser.add_argument("--template", default="auto",
 # the conversation
 parser.add_argument("--system", default="",
                     help="instructions for the whole chat")
-parser.add_argument("--max-length", type=between(16, 10**6, int),
+parser.add_argument("--max-length", type=tokens_or_auto, default="auto",
                     help="context in tokens, prompt + answer "
-                         "(None: the model's, 8192 for 4B)")
+                         "(auto: the model's, 8192 for 4B)")
 # sampling: VinAI's README uses temperature 1.0, top_k 50, top_p 0.9
 parser.add_argument("--temperature", type=float, default=1.0,
                     help="randomness, 0..10 (0 = greedy: the same answer every time)")
@@ -81,6 +84,21 @@ parser.add_argument("--stats", action="store_true",
 parser.add_argument("--compile", action="store_true",
                     help="GPU: static KV cache + torch.compile (first answer waits)")
 
+# Run as a script (or pasted in a notebook): the flags are read and checked now,
+# before torch takes seconds to import. Imported by a test, nothing runs.
+if __name__ == "__main__":
+    args = parse_flags(parser)
+    if not 0 <= args.temperature <= 10:
+        fail("--temperature must be between 0 and 10; fix: 0 for greedy, 1 for varied")
+    user, _, password = args.auth.partition(":")
+    if args.auth != "none" and not (user and password):
+        fail("--auth takes user:password, both non-empty; fix: e.g. --auth lan:matkhau")
+
+import torch  # noqa: E402
+from transformers import DynamicCache, StaticCache, TextIteratorStreamer  # noqa: E402
+
+from phogpt_model import CACHE_NAME, load_phogpt, pick_dtype  # noqa: E402
+
 
 # ---- before any loading: the question, the adapter, the port ----
 def read_question(args):
@@ -105,19 +123,13 @@ def read_question(args):
 
 def pick_model(args):
     # (model, adapter, the base the adapter was trained on), checked.
-    model, adapter = args.model, args.adapter
+    model, adapter, trained_on = args.model, args.adapter, None
     config = os.path.join(adapter, "adapter_config.json")
-    merged = os.path.exists(os.path.join(adapter, "config.json"))
-    if adapter != "none" and not os.path.exists(config) and merged:
-        # A merged model (phogpt_export.py) is a whole model: load it as one.
-        print(f"{adapter} là một mô hình đầy đủ (đã gộp): tải nó như --model",
-              file=sys.stderr)
-        model, adapter = adapter, "none"
-    trained_on = None
     if adapter != "none":
         # A full disk or a kill during phogpt_qlora.py's save leaves files
         # cut short: better said now than after minutes of loading.
-        fix = "fix: pass the --output folder of phogpt_qlora.py, or train again"
+        fix = ("fix: pass the --output folder of phogpt_qlora.py, or train "
+               "again (a merged model goes in --model)")
         try:
             with open(config, encoding="utf-8") as f:
                 trained_on = json.load(f).get("base_model_name_or_path")
@@ -160,21 +172,23 @@ def load_chat(args, model_name, adapter, trained_on, device, load_in):
     if adapter != "none":
         from peft import PeftModel
         try:
-            model = PeftModel.from_pretrained(model, adapter)
+            # peft reads a name that transformers 5 renamed: its FutureWarning
+            # is for peft's authors, not for a student mid-chat.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = PeftModel.from_pretrained(model, adapter)
         except (RuntimeError, ValueError, KeyError):
             # peft says "size mismatch for ...lora_A...": another base shape.
             fail(f"the adapter in {adapter} was trained on another base model "
                  f"({trained_on}); its shapes do not fit {model_name}; "
                  f"fix: pass --model {trained_on}")
-        base = os.path.basename(os.path.normpath(trained_on or "?"))
-        if base != os.path.basename(os.path.normpath(model_name)):
-            print(f"lưu ý: adapter được huấn luyện trên {trained_on}, "
-                  f"nay dùng với {model_name}", file=sys.stderr)
         if load_in == "none":
             # Plain weights again: no LoRA cost per token.
             model = model.merge_and_unload()
     model.eval()
-    context = args.max_length or model.config.max_seq_len
+    context = args.max_length
+    if context == "auto":
+        context = model.config.max_seq_len
     # An answer takes at most half the context: the rest is for the chat so far.
     max_new_tokens = min(args.max_new_tokens, context // 2)
     if max_new_tokens < args.max_new_tokens:
@@ -349,7 +363,7 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0,
     if "error" in out:
         raise out["error"]
     # What was held back (a "#" that was not the stop string after all) shows now.
-    rest = raw.strip().rstrip("\ufffd")[len(shown):]
+    rest = raw.rstrip("\ufffd").strip()[len(shown):]
     if rest and not stopped:
         yield rest
 
@@ -666,14 +680,8 @@ def web_page(chat, args):
                 i18n=gr.I18n(en=PAGE_WORDS, vi=PAGE_WORDS))
 
 
-# ---- run: check everything that is cheap, then load, then chat ----
+# ---- run: the cheap checks, then the model, then the chat ----
 if __name__ == "__main__":
-    args = parse_flags(parser)
-    if not 0 <= args.temperature <= 10:
-        fail("--temperature must be between 0 and 10; fix: 0 for greedy, 1 for varied")
-    user, _, password = args.auth.partition(":")
-    if args.auth != "none" and not (user and password):
-        fail("--auth takes user:password, both non-empty; fix: e.g. --auth lan:matkhau")
     question = read_question(args)
     device = pick_device(args.device)
     load_in = pick_load_in(args.load_in, device)
