@@ -320,7 +320,7 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0,
         try:
             out["ids"] = model.generate(
                 ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                max_new_tokens=int(max_new_tokens), eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, stop_strings=stop,
                 tokenizer=tokenizer, stopping_criteria=[until_stopped],
                 repetition_penalty=float(repetition_penalty), **sampling,
@@ -527,6 +527,7 @@ PAGE_WORDS = {
     "chatbot.clear": "Xoá hội thoại",
     "chatbot.copy_message": "Chép",
     "chatbot.copied_message": "Đã chép",
+    "chat_interface.additional_inputs": "⚙️ Cài đặt",
     "common.clear": "Xoá",
     "common.error": "Lỗi",
     "common.loading": "Đang tải",
@@ -534,6 +535,14 @@ PAGE_WORDS = {
     "common.built_with_gradio": "Làm bằng Gradio",
     "errors.use_via_api": "Dùng qua API",
     "errors.use_via_api_or_mcp": "Dùng qua API hoặc MCP",
+}
+# The page's settings: (label, lowest, highest, step), in respond()'s order.
+SLIDERS = {
+    "temperature": ("Nhiệt độ (0 = luôn cùng một câu trả lời)", 0, 2, 0.05),
+    "top_p": ("top-p", 0.05, 1, 0.05),
+    "top_k": ("top-k (0 = mọi token)", 0, 200, 1),
+    "repetition_penalty": ("Phạt lặp từ", 1, 2, 0.05),
+    "max_new_tokens": ("Số token tối đa của câu trả lời", 1, None, 1),
 }
 EXAMPLES = ["Xin chào, bạn là ai?",
             "Viết bài văn nghị luận xã hội về an toàn giao thông",
@@ -563,9 +572,7 @@ def text_of(content):
     # A message's text as gradio hands it over: a string, or a list of parts.
     if isinstance(content, str):
         return content
-    if isinstance(content, dict):
-        return content.get("text", "")
-    return " ".join(text_of(part) for part in content or [])
+    return " ".join(part.get("text", "") for part in content or [])
 
 
 def page_messages(history):
@@ -591,8 +598,7 @@ def web_page(chat, args):
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import gradio as gr
 
-    def respond(message, history, system, temperature, top_p, top_k,
-                repetition_penalty, max_new_tokens):
+    def respond(message, history, system, *values):
         # Streams (answer so far, status line under the chat).
         answer, busy = "", "PhoGPT đang trả lời…"
         try:
@@ -605,9 +611,7 @@ def web_page(chat, args):
             notice, pieces = answer_pieces(
                 chat, messages, "“Số token tối đa của câu trả lời”",
                 system=prompts.defuse(system or "").strip(),
-                temperature=temperature, top_p=top_p, top_k=top_k,
-                repetition_penalty=repetition_penalty,
-                max_new_tokens=int(max_new_tokens))
+                **dict(zip(SLIDERS, values)))
             if notice:
                 gr.Info(notice)
             for piece in pieces:
@@ -633,31 +637,19 @@ def web_page(chat, args):
         messages = messages[:len(messages) // 2 * 2]
         return conversation_line(messages, prompts.defuse(system or "").strip())
 
-    start = chat["sampling"]
-    # Built now, placed under the chat by ChatInterface; they start from the flags.
-    settings = [
-        gr.Textbox(chat["system"], label="Lời dặn hệ thống (system prompt)",
-                   placeholder="Ví dụ: Hãy trả lời ngắn gọn, lịch sự.", lines=2,
-                   render=False),
-        gr.Slider(0, max(2, start["temperature"]), value=start["temperature"],
-                  step=0.05, label="Nhiệt độ (0 = luôn cùng một câu trả lời)",
-                  render=False),
-        gr.Slider(0.05, 1, value=start["top_p"], step=0.05, label="top-p",
-                  render=False),
-        gr.Slider(0, max(200, start["top_k"]), value=start["top_k"], step=1,
-                  label="top-k (0 = mọi token)", render=False),
-        gr.Slider(min(1, start["repetition_penalty"]),
-                  max(2, start["repetition_penalty"]), step=0.05,
-                  value=start["repetition_penalty"], label="Phạt lặp từ",
-                  render=False),
-        gr.Slider(1, chat["context"] // 2, value=start["max_new_tokens"], step=1,
-                  label="Số token tối đa của câu trả lời", render=False),
-    ]
+    # The settings start from the flags; ChatInterface puts them under the chat.
+    settings = [gr.Textbox(chat["system"], label="Lời dặn hệ thống (system prompt)",
+                           placeholder="Ví dụ: Hãy trả lời ngắn gọn.", lines=2,
+                           render=False)]
+    for name, (label, low, high, step) in SLIDERS.items():
+        value = chat["sampling"][name]
+        high = chat["context"] // 2 if name == "max_new_tokens" else high
+        settings.append(gr.Slider(min(low, value), max(high, value), value=value,
+                                  step=step, label=label, render=False))
     with gr.Blocks(title="PhoGPT") as page:
         status = gr.Markdown(elem_id="status", render=False)
         ui = gr.ChatInterface(
             respond, additional_inputs=settings, additional_outputs=[status],
-            additional_inputs_accordion="⚙️ Cài đặt",
             chatbot=gr.Chatbot(label="PhoGPT", buttons=["copy"]),
             examples=[[e] for e in EXAMPLES], cache_examples=False,
             title="PhoGPT", description=f"Mô hình: {chat['name']}",
