@@ -19,16 +19,14 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import prompts
-from plumbing import between, fail, parse_flags, pick_device, pick_load_in
-from plumbing import safetensors_complete
-
+from plumbing import between, fail, parse_flags, pick_device, pick_load_in, whole
 
 def tokens_or_auto(text):
     # --max-length: auto (the model's own context) or a number of tokens.
     return text if text == "auto" else between(16, 10**6, int)(text)
-
 
 parser = argparse.ArgumentParser(
     description="Multi-turn chat with PhoGPT, in the terminal or in a web page.",
@@ -84,22 +82,6 @@ parser.add_argument("--stats", action="store_true",
 parser.add_argument("--compile", action="store_true",
                     help="GPU: static KV cache + torch.compile (first answer waits)")
 
-# Run as a script (or pasted in a notebook): the flags are read and checked now,
-# before torch takes seconds to import. Imported by a test, nothing runs.
-if __name__ == "__main__":
-    args = parse_flags(parser)
-    if not 0 <= args.temperature <= 10:
-        fail("--temperature must be between 0 and 10; fix: 0 for greedy, 1 for varied")
-    user, _, password = args.auth.partition(":")
-    if args.auth != "none" and not (user and password):
-        fail("--auth takes user:password, both non-empty; fix: e.g. --auth lan:matkhau")
-
-import torch  # noqa: E402
-from transformers import DynamicCache, StaticCache, TextIteratorStreamer  # noqa: E402
-
-from phogpt_model import CACHE_NAME, load_phogpt, pick_dtype  # noqa: E402
-
-
 # ---- before any loading: the question, the adapter, the port ----
 def read_question(args):
     # The one question of --prompt or piped stdin; "" for a chat.
@@ -120,7 +102,6 @@ def read_question(args):
         fail("--prompt or --system is not UTF-8 text; fix: use a UTF-8 terminal")
     return prompts.nfc(question).strip()
 
-
 def pick_model(args):
     # (model, adapter, the base the adapter was trained on), checked.
     model, adapter, trained_on = args.model, args.adapter, None
@@ -138,12 +119,11 @@ def pick_model(args):
         except (ValueError, AttributeError):
             fail(f"{config} is damaged (not a JSON object); {fix}")
         weights = os.path.join(adapter, "adapter_model.safetensors")
-        if not safetensors_complete(weights):
+        if not whole(Path(weights)):
             fail(f"{weights} is damaged or missing; {fix}")
     if model == "auto":
         model = trained_on or "vinai/PhoGPT-4B-Chat"
     return model, adapter, trained_on
-
 
 def check_port(port):
     # Probed as the server will bind it (a port in TIME_WAIT is fine, one
@@ -156,6 +136,26 @@ def check_port(port):
             fail(f"--port {port} is already in use or needs root; "
                  f"fix: pass --port {port + 1} or stop the other program")
 
+# Run as a script (or pasted in a notebook): every check that is cheap comes now,
+# before torch takes seconds to import. Imported by a test, nothing runs.
+if __name__ == "__main__":
+    args = parse_flags(parser)
+    if not 0 <= args.temperature <= 10:
+        fail("--temperature must be between 0 and 10; fix: 0 for greedy, 1 for varied")
+    user, _, password = args.auth.partition(":")
+    if args.auth != "none" and not (user and password):
+        fail("--auth takes user:password, both non-empty; fix: e.g. --auth lan:matkhau")
+    question = read_question(args)
+    model_name, adapter, trained_on = pick_model(args)
+    if args.ui:
+        check_port(args.port)
+    device = pick_device(args.device)
+    load_in = pick_load_in(args.load_in, device)
+
+import torch  # noqa: E402
+from transformers import DynamicCache, StaticCache, TextIteratorStreamer  # noqa: E402
+
+from phogpt_model import CACHE_NAME, load_phogpt, pick_dtype  # noqa: E402
 
 # ---- the model ----
 def load_chat(args, model_name, adapter, trained_on, device, load_in):
@@ -209,14 +209,11 @@ def load_chat(args, model_name, adapter, trained_on, device, load_in):
                 system=prompts.defuse(args.system).strip(),
                 state=state, dropped=[], sampling=sampling)
 
-
 # ---- the prompt: the chat so far, cut to fit the context ----
+# Prompt ids for messages (ending with a question), in budget tokens if it can:
+# (ids, first). The oldest question/answer pairs go first, from messages[first:]
+# on: an earlier cut stays put, so the KV cache of the kept turns stays valid.
 def fit_history(tokenizer, messages, budget, template="chat", system="", first=0):
-    """Prompt ids for messages (ending with a question), in budget tokens if it can: (ids, first).
-
-    Drops the oldest question/answer pairs, from messages[first:] on: an earlier cut stays
-    put, so the KV cache of the kept turns stays valid.
-    """
     while True:
         eos = tokenizer.eos_token
         text = prompts.generation_prompt(messages[first:], eos, template, system)
@@ -226,7 +223,6 @@ def fit_history(tokenizer, messages, budget, template="chat", system="", first=0
         if len(ids) <= budget or len(messages) - first <= 1:
             return ids, first
         first += 2
-
 
 def prompt_for(chat, messages, system, max_new_tokens, knob):
     # (ids, notice) for messages; a ValueError says what to change, and knob names
@@ -253,7 +249,6 @@ def prompt_for(chat, messages, system, max_new_tokens, knob):
     return ids, (f"đã bỏ {first_now // 2} lượt hỏi đáp cũ nhất để câu hỏi và câu trả "
                  f"lời {max_new_tokens} token vừa ngữ cảnh {context} token")
 
-
 # ---- one answer: generate() in a thread, its text shown as it comes ----
 def reuse_cache(model, state, prompt_ids):
     # Keep the cached keys and values of the prompt's longest prefix; return its length.
@@ -276,7 +271,6 @@ def reuse_cache(model, state, prompt_ids):
         reused = 0
     return reused
 
-
 def shown_part(raw, stop):
     # What of the answer so far can be shown, and whether the stop string came.
     if stop in raw:
@@ -288,15 +282,12 @@ def shown_part(raw, stop):
     hold = max(starts, default=0)
     return raw[:len(raw) - hold].lstrip().rstrip("\ufffd"), False
 
-
+# The answer to prompt_ids, piece by piece, from generate() in a thread. It stops at
+# EOS or at the stop string, which never shows. state = {"cache": None, "ids": [],
+# "static": 0} carries the KV cache from turn to turn ("static": n, a StaticCache of
+# n tokens); the answer's speed is left in state["stats"].
 def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0,
                   top_p=0.9, top_k=50, repetition_penalty=1.0, max_new_tokens=1024):
-    """Yield the answer to prompt_ids piece by piece, from generate() in a thread.
-
-    state = {"cache": None, "ids": [], "static": 0} carries the KV cache from turn to turn
-    ("static": n makes it a StaticCache of n tokens). Stops at EOS or at the stop string,
-    which is never shown. Leaves the answer's speed in state["stats"].
-    """
     start = time.perf_counter()
     reused = reuse_cache(model, state, prompt_ids)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True,
@@ -367,7 +358,6 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0,
     if rest and not stopped:
         yield rest
 
-
 def stats_line(stats):
     # The speed of one answer, in the words the chat uses.
     decode_s = stats["seconds"] - stats["first_token_s"]
@@ -375,7 +365,6 @@ def stats_line(stats):
     return (f"{stats['tokens']} token, {max(speed, 0):.1f} tok/s, token đầu sau "
             f"{1000 * stats['first_token_s']:.0f} ms, prompt {stats['prompt']} "
             f"token ({stats['reused']} dùng lại từ KV cache)")
-
 
 def answer_pieces(chat, messages, knob, system=None, **sampling):
     # What every way to chat (one question, terminal, page) does: the prompt,
@@ -386,7 +375,6 @@ def answer_pieces(chat, messages, knob, system=None, **sampling):
     pieces = stream_answer(chat["model"], chat["tokenizer"], ids, chat["state"],
                            chat["stop"], **sampling)
     return notice, pieces
-
 
 # ---- one question, one answer (--prompt or piped stdin) ----
 def one_shot(chat, question, show_stats):
@@ -404,7 +392,6 @@ def one_shot(chat, question, show_stats):
     if show_stats:
         print(f"[{stats_line(chat['state']['stats'])}]", file=sys.stderr)
 
-
 # ---- the terminal chat ----
 COMMANDS = ("/reset (hội thoại mới), /undo (bỏ lượt cuối), "
             "/save TỆP (lưu hội thoại), /exit (thoát)")
@@ -418,13 +405,11 @@ SAVE_ERRORS = {
     errno.ENOSPC: "ổ đĩa đầy, không ghi vào {path} được; hội thoại vẫn còn",
 }
 
-
 def conversation_line(messages, system):
     # The chat as one JSONL line, the format of phogpt_qlora.py --data.
     system_turn = [{"role": "system", "content": system}] if system else []
     row = {"messages": system_turn + messages}
     return json.dumps(row, ensure_ascii=False) + "\n"
-
 
 def save_chat(path, history, system):
     # Append the chat to path as one JSONL line; return the notice to print.
@@ -449,7 +434,6 @@ def save_chat(path, history, system):
         return f"(không lưu được: {reason.format(path=path)})"
     return f"(đã thêm hội thoại này, {len(history) // 2} lượt, vào {path})"
 
-
 def ask(chat, history, question, show_stats):
     # One turn; returns the history with it (without it if it could not start).
     messages = history + [{"role": "user", "content": question}]
@@ -469,10 +453,9 @@ def ask(chat, history, question, show_stats):
         # Ctrl+C stops this answer; what it said so far stays a turn.
         print(" [đã dừng]", end="")
     print()
-    if show_stats:
+    if show_stats and "stats" in chat["state"]:
         print(f"[{stats_line(chat['state']['stats'])}]", file=sys.stderr)
     return messages + [{"role": "assistant", "content": answer.strip()}]
-
 
 def terminal_chat(chat, show_stats):
     # Questions from the keyboard, answers streamed, until /exit or Ctrl+D.
@@ -513,7 +496,6 @@ def terminal_chat(chat, show_stats):
             print(f"(lệnh: {COMMANDS})")
         elif question:
             history = ask(chat, history, question, show_stats)
-
 
 # ---- the web page ----
 # Shown instead of an answer when something failed (the page then leaves that turn out).
@@ -567,13 +549,11 @@ PAGE_HEAD = """<style>
 #status { font-size: 0.85em; opacity: 0.8; min-height: 1.5em; }
 </style>"""
 
-
 def text_of(content):
     # A message's text as gradio hands it over: a string, or a list of parts.
     if isinstance(content, str):
         return content
     return " ".join(part.get("text", "") for part in content or [])
-
 
 def page_messages(history):
     # The page's chat as clean turns: text only, defused, failed turns left out.
@@ -589,7 +569,6 @@ def page_messages(history):
         elif role == "assistant" and messages[-1:] and messages[-1]["role"] == "user":
             messages.append({"role": "assistant", "content": text})
     return messages
-
 
 def web_page(chat, args):
     # The Gradio page: one shared model, a chat per browser tab.
@@ -671,15 +650,8 @@ def web_page(chat, args):
                 quiet=not args.share, show_error=True, head=PAGE_HEAD, js=PAGE_JS,
                 i18n=gr.I18n(en=PAGE_WORDS, vi=PAGE_WORDS))
 
-
-# ---- run: the cheap checks, then the model, then the chat ----
+# ---- run: the model, then the chat ----
 if __name__ == "__main__":
-    question = read_question(args)
-    device = pick_device(args.device)
-    load_in = pick_load_in(args.load_in, device)
-    model_name, adapter, trained_on = pick_model(args)
-    if args.ui:
-        check_port(args.port)
     chat = load_chat(args, model_name, adapter, trained_on, device, load_in)
     torch.manual_seed(args.seed)
     if question:
