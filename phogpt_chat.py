@@ -22,7 +22,8 @@ import warnings
 from pathlib import Path
 
 import prompts
-from plumbing import between, fail, parse_flags, pick_device, pick_load_in, whole
+from plumbing import between, fail, keep_hub_code_out, parse_flags, pick_device
+from plumbing import pick_load_in, whole
 
 def tokens_or_auto(text):
     # --max-length: auto (the model's own context) or a number of tokens.
@@ -151,6 +152,9 @@ if __name__ == "__main__":
         check_port(args.port)
     device = pick_device(args.device)
     load_in = pick_load_in(args.load_in, device)
+    # bitsandbytes only for 4-bit or 8-bit, and no code fetched from the hub: set
+    # before transformers and peft are imported, just below.
+    keep_hub_code_out(load_in)
 
 import torch  # noqa: E402
 from transformers import DynamicCache, StaticCache, TextIteratorStreamer  # noqa: E402
