@@ -1,12 +1,13 @@
-"""Chat speed over a 10-turn conversation: phogpt_chat.py's loop against the seed's, random weights.
+"""Chat speed over a 10-turn conversation: phogpt_chat.py against the seed's way, random weights.
 
 PhoGPT-4B shape (3.7B parameters), greedy, a fixed answer length per turn, the history growing to
 ~2K tokens.
-- chat: phogpt_chat.py's fit_history + stream_answer on phogpt_model.py: the KV cache of earlier
-  turns is kept and only the new tokens are encoded (DynamicCache, eager).
-- chatcompiled: the same with phogpt_chat.py --compile: a StaticCache and a torch.compile'd
-  decode step (cropped back when a turn does not simply append; started over where transformers
-  cannot crop a StaticCache, 5.23).
+- chat: phogpt_chat.py's fit_history + stream_answer on phogpt_model.py: generate() with a
+  streamer, the KV cache of earlier turns passed back in, so only the new tokens are encoded
+  (DynamicCache, eager).
+- chatcompiled: the same with phogpt_chat.py --compile: a StaticCache, whose decode step
+  generate() compiles on CUDA (cropped back when a turn does not simply append; started over
+  where transformers cannot crop a StaticCache, 5.23).
 - seed: the PhoGPT-4B multiturn Gradio seed's way: transformers' native MptForCausalLM, the whole
   history re-encoded by generate() every turn.
 Each in bf16 and in nf4, after one warm-up answer. Per turn: prompt tokens, tokens reused from
@@ -155,10 +156,9 @@ with tempfile.TemporaryDirectory() as folder:
         else:
             model = PhoGPTForCausalLM.from_pretrained(folder, **load)
         model.eval()
-        state, turns = {"cache": None, "ids": []}, []
+        state, turns = {"cache": None, "ids": [], "static": 0}, []
         if impl == "chatcompiled":
-            step = torch.compile(model, mode="reduce-overhead", dynamic=False)
-            state.update(static=config_dict["max_seq_len"], step=step)
+            state["static"] = config_dict["max_seq_len"]
         # warm-up answer (and compilation), not recorded
         history = [{"role": "user", "content": "Xin chào"}]
         warm_ids, _ = fit_history(tokenizer, history, 1000)
