@@ -1,15 +1,12 @@
-"""Plumbing every script shares. A student can skip this file: there is no machine learning here.
+"""Plumbing the scripts share. A student can skip this file: no machine learning in it.
 
-It holds the care a tool needs and a lesson does not: flags and one-line errors (also in a
-notebook), devices, data rows with file:line, output folders that never lose a student's files,
-atomic saves, checkpoints, Ctrl+C and progress lines. torch and transformers are imported inside
-the few functions that need them, so `--help` answers at once.
+Flags and one-line errors (also in a notebook), devices, data rows with file:line, output
+folders that never lose a student's files, atomic saves, checkpoints, Ctrl+C, progress lines.
 """
 import argparse
 import csv
 import difflib
 import importlib.util
-import io
 import json
 import os
 import re
@@ -18,40 +15,31 @@ import signal
 import sys
 import time
 import unicodedata
-import uuid
 import zipfile
 from pathlib import Path
 
-# The Ctrl+C handler from before the script: put back on every way out (a notebook needs it).
+# Put back on every way out: a notebook needs its own Ctrl+C handler again.
 SIGINT_BEFORE = signal.getsignal(signal.SIGINT)
-# torchrun starts one process per GPU; only the first one talks and writes.
+# torchrun starts one process per GPU: only the first one talks and writes.
 RANK = int(os.environ.get("RANK", "0"))
-
-
-def in_notebook():
-    # Pasted into Colab or Jupyter, the script runs inside ipykernel.
-    return "ipykernel" in sys.modules
-
+# Pasted into Colab or Jupyter, a script runs inside ipykernel: flags are not parsed.
+NOTEBOOK = "ipykernel" in sys.modules
 
 def say(*text):
-    """Print once, from the first process."""
     if RANK == 0:
         print(*text, flush=True)
 
-
+# IPython shows _render_traceback_ instead of "An exception has occurred, use %tb".
 class Refusal(Exception):
-    """Bad input, in a notebook: IPython shows _render_traceback_ instead of a traceback."""
-
     def _render_traceback_(self):
         return [f"error: {self}"]
 
-
+# Bad input: one line `error: ...` on stderr, exit 1, no traceback.
 def fail(message):
-    """Bad input: one line `error: ...` on stderr, exit 1, no traceback."""
     release_outputs()
     signal.signal(signal.SIGINT, SIGINT_BEFORE)
     message = str(message)
-    if not in_notebook():
+    if not NOTEBOOK:
         sys.exit(f"error: {message}")
     # A notebook ignores flags: name the defaults to edit on the first screen instead.
     flags = list(dict.fromkeys(re.findall(r"--[a-z][a-z0-9-]*", message)))
@@ -60,85 +48,79 @@ def fail(message):
         message += f" (edit default= of {', '.join(flags)} on the script's first screen)"
     raise Refusal(message) from None
 
-
+# parse_args, its errors in one line; in a notebook the defaults are the knobs.
 def parse_flags(parser):
-    """parser.parse_args, with argparse's errors as one line; in a notebook: the defaults."""
     def error(message):
         # argparse says "argument --lr: ..."; a student reads "--lr ...".
         message = re.sub(r"^argument (\S+/)?(\S+): ", r"\2 ", message)
         fix = f"python {parser.prog} --help lists every flag"
         typo = re.match(r"unrecognized arguments: ([^\s=]+)", message)
-        flags = [flag for action in parser._actions for flag in action.option_strings]
+        flags = [f for action in parser._actions for f in action.option_strings]
         close = difflib.get_close_matches(typo[1], flags, n=1) if typo else []
-        if close:
-            fix = f"did you mean {close[0]}? ({fix})"
-        fail(f"{message}; fix: {fix}")
+        fail(f"{message}; fix: " + (f"did you mean {close[0]}?" if close else fix))
 
     parser.error = error
-    return parser.parse_args([] if in_notebook() else None)
+    return parser.parse_args([] if NOTEBOOK else None)
 
-
+# An argparse type= that takes a `kind` in [low, high] and says the range otherwise.
 def between(low, high, kind=float):
-    """An argparse type= that takes a kind in [low, high] and says the range otherwise."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            value = None
-        # NaN fails every comparison, so it is refused too.
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be between {low:,} and {high:,} (got {text})")
+            value = float("nan")
+        # NaN fails every comparison: refused too.
+        if not low <= value <= high:
+            limits = f"between {low:,} and {high:,}"
+            raise argparse.ArgumentTypeError(f"must be {limits} (got {text})")
         return value
 
     parse.__name__ = kind.__name__
     return parse
 
-
+# "auto": cuda, else mps, else cpu. A named device that is missing gets one line.
 def pick_device(name):
-    """"auto" -> cuda, else mps, else cpu; one line if the named device is missing."""
     import torch
-    cuda = torch.cuda.is_available()
-    mps = torch.backends.mps.is_available()
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "cuda" and not cuda:
         fail("--device cuda, but no CUDA GPU is visible; fix: on Colab pick "
              "Runtime > Change runtime type > T4 GPU, or --device cpu")
     if name == "mps" and not mps:
         fail("--device mps, but this machine has no Apple GPU; fix: --device cpu")
-    if name != "auto":
-        return name
-    return "cuda" if cuda else "mps" if mps else "cpu"
+    auto = "cuda" if cuda else "mps" if mps else "cpu"
+    return auto if name == "auto" else name
 
-
+# "auto": 4bit on CUDA, none elsewhere. 4/8-bit on a CPU runs, slowly: for checking.
 def pick_load_in(name, device):
-    """"auto" -> 4bit on CUDA, none elsewhere; 4/8-bit on a CPU runs, slowly, for checking."""
-    if name == "auto":
-        name = "4bit" if device == "cuda" else "none"
+    name = ("4bit" if device == "cuda" else "none") if name == "auto" else name
     if name == "none":
         return name
     # find_spec does not import it: importing bitsandbytes asks the hub on a CPU machine.
     if importlib.util.find_spec("bitsandbytes") is None:
-        fail(f"--load-in {name} needs bitsandbytes; "
-             "fix: pip install bitsandbytes (or --load-in none)")
+        fail(f"--load-in {name} needs bitsandbytes; fix: pip install bitsandbytes")
     if device == "mps":
-        fail(f"--load-in {name} does not run on an Apple GPU; "
-             "fix: --load-in none, or --device cpu")
+        fail(f"--load-in {name} does not run on an Apple GPU; fix: --device cpu")
     if device == "cpu":
-        say(f"lưu ý: --load-in {name} trên CPU chạy chậm, chỉ để kiểm tra "
+        say(f"lưu ý: --load-in {name} trên CPU rất chậm, chỉ để kiểm tra "
             "(slow on a CPU: for checking; a GPU does the real run)")
     return name
 
-
+# (where, row) for each row of a .jsonl/.json/.csv file, where = file:line; or of a data
+# set on the hub (a name with no extension that is not a file).
 def read_rows(source):
-    """Yield (where, row) for each row of a .jsonl/.json/.csv file, or of a hub data set."""
-    source = str(source)
-    path = Path(source)
+    source, path = str(source), Path(source)
     if path.is_dir():
         fail(f"{source} is a folder; fix: give the data file inside it")
     if path.suffix not in (".jsonl", ".json", ".csv"):
         if path.exists() or path.suffix:
             fail(f"{source}: can't read this file; fix: use .jsonl, .json or .csv")
-        yield from hub_rows(source)
+        import datasets
+        try:
+            rows = datasets.load_dataset(source, split="train")
+        except Exception as err:
+            fail(f"{source}: no such file, nor a hub data set ({type(err).__name__}); "
+                 "fix: check the path or the name")
+        yield from ((f"{source} row {n}", row) for n, row in enumerate(rows, 1))
         return
     try:
         raw = path.read_bytes()
@@ -147,178 +129,142 @@ def read_rows(source):
     except FileNotFoundError:
         fail(f"{source}: file not found; fix: check the path")
     except UnicodeDecodeError as err:
-        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
-        kind = "UTF-16 text" if utf16 else "not UTF-8 text"
-        fail(f"{source}: {kind} (byte {err.start}); fix: save the file as UTF-8")
+        # Notepad's "Unicode" is UTF-16.
+        kind = "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
+        fail(f"{source}: {kind} text (byte {err.start}); fix: save the file as UTF-8")
     # Vietnamese has two spellings of most accents: NFC makes them one.
-    text = unicodedata.normalize("NFC", text)
-    if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                yield f"{source}:{number}", parse_json(line, f"{source}:{number}")
-    elif path.suffix == ".json":
-        rows = parse_json(text, source)
-        rows = rows if isinstance(rows, list) else [rows]
-        for number, row in enumerate(rows, 1):
-            yield f"{source} item {number}", row
-    else:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+    lines = unicodedata.normalize("NFC", text).splitlines(keepends=True)
+    if path.suffix == ".csv":
+        reader = csv.DictReader(lines)
         for row in reader:
             where = f"{source}:{reader.line_num}"
             # An unquoted comma makes an extra field: the answer would end there.
             if None in row:
-                fields = len(reader.fieldnames) + len(row[None])
-                fail(f"{where}: {fields} fields but the header has "
-                     f"{len(reader.fieldnames)} (more fields than the header); "
-                     'fix: put text with commas in double quotes: "Chào bạn, ..."')
+                fields, header = len(row) + len(row[None]) - 1, len(reader.fieldnames)
+                fail(f"{where}: {fields} fields but the header has {header} (more "
+                     'fields than the header); fix: put text with commas in "quotes"')
             yield where, row
-
-
-def parse_json(text, where):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        # A whole .json file: the line of the mistake helps.
-        where = where if ":" in where else f"{where}:{err.lineno}"
-        fail(f"{where}: not valid JSON ({err.msg}); fix: one JSON object per line "
-             "(.jsonl) or a list of objects (.json)")
-
-
-def hub_rows(name):
-    # No extension and no such file: a data set on the Hugging Face hub.
-    import datasets
-    try:
-        rows = datasets.load_dataset(name, split="train")
-    except Exception as err:
-        fail(f"{name}: file not found, and no hub data set of that name "
-             f"({type(err).__name__}); fix: check the path or the hub name")
-    for number, row in enumerate(rows, 1):
-        yield f"{name} row {number}", row
-
+        return
+    # A .jsonl holds one object per line; a .json one list (or object) in all.
+    chunks = enumerate(lines, 1) if path.suffix == ".jsonl" else [(0, "".join(lines))]
+    for number, chunk in chunks:
+        try:
+            rows = [json.loads(chunk)] if chunk.strip() else []
+        except json.JSONDecodeError as err:
+            fail(f"{source}:{number or err.lineno}: not valid JSON ({err.msg}); fix: one "
+                 "object per line (.jsonl), a list of objects (.json)")
+        if number == 0 and isinstance(rows[0], list):
+            rows = rows[0]
+        for item, row in enumerate(rows, 1):
+            yield (f"{source}:{number}" if number else f"{source} item {item}"), row
 
 # ---- output folders: never delete or replace what a run of ours did not make ----
-# The marker says a run of ours made the folder, and lists what it wrote there.
-MARKER = ".phogpt-run.json"
-LOCK = ".phogpt-run.lock"
-# Written by the Trainer, or ours by name: temporary, set-aside and backup entries.
+# The marker says a run of ours made the folder and lists what it wrote there.
+MARKER, LOCK = ".phogpt-run.json", ".phogpt-run.lock"
+# Also ours: the Trainer's checkpoints and logs, and our temporary names.
 OURS = re.compile(r"checkpoint-\d+|runs|\.phogpt-.*")
-# Folders this process has claimed: path -> (lock file, made by this run, --overwrite).
+# Folders this process holds: path -> (lock file, made by this run, --overwrite).
 claimed = {}
 
-
+# A name unique to this run, never a fixed OUTPUT.partial a student may own.
 def temp_name(path):
-    """A name beside path that is unique to this run: never a user's OUTPUT.partial."""
     path = Path(path)
-    unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    return path.with_name(f".phogpt-{path.name}-{unique}")
+    return path.with_name(f".phogpt-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
 
-
-def read_marker(folder):
+# A JSON file as a value; None if it is missing or cut short.
+def read_json(path):
     try:
-        return json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
-
-def inside(folder, path):
-    """True if folder is path or holds it (both as they are on disk)."""
+# True if folder is path, or holds it.
+def holds(folder, path):
     folder, path = Path(folder).resolve(), Path(path).resolve()
     return folder == path or folder in path.parents
 
-
+# Check --output, lock it for this run, mark it ours. protect: {flag: path} it must not
+# hold. Nothing is removed here: an old run makes way later, once the input is valid.
 def claim_output(folder, overwrite=False, resume=False, protect=None):
-    """Check --output, lock it for this run and mark it ours. protect: {flag: path} it
-    must not hold (--model, --adapter, --data). Nothing else changes here: an old run
-    makes way later, in make_way(), once the new input is known to be fine."""
     folder = Path(folder)
     if resume and overwrite:
-        fail("--resume continues the run in --output and --overwrite replaces it; "
-             "fix: pick one")
-    # torchrun: the first process checks and locks; the others follow it.
+        fail("--resume continues the run in --output, --overwrite replaces it; fix: pick one")
+    # torchrun: the first process checks and locks, the others follow it.
     if RANK != 0:
         return folder
     if folder.exists() and not folder.is_dir():
         fail(f"--output {folder} is a file; fix: give a folder name, e.g. my-adapter")
-    if inside(folder, Path.cwd()):
-        fail(f"--output {folder} holds the working folder, with your files in it; "
-             "fix: give a new folder name, e.g. my-adapter")
-    for flag, path in (protect or {}).items():
-        if path and Path(path).exists() and inside(folder, path):
-            fail(f"--output {folder} holds {flag} {path}, which this run reads; "
-                 "fix: pick another --output")
+    for flag, path in {"the working folder": Path.cwd(), **(protect or {})}.items():
+        if path and Path(path).exists() and holds(folder, path):
+            fail(f"--output {folder} holds {flag} {path}, which must stay as it is; "
+                 "fix: pick another --output, e.g. my-adapter")
+    # A notebook reruns a cell in one process: the lock of its last run goes first.
     release_outputs(folder)
-    mine = {MARKER, LOCK}
-    entries = sorted(set(os.listdir(folder)) - mine) if folder.is_dir() else []
-    marker = read_marker(folder)
-    if entries and marker is None:
-        fail(f"--output {folder} holds files no run of ours made ({entries[0]}, ...); "
-             "fix: pick another --output (nothing was changed)")
-    listed = set(marker["files"]) if marker else set()
-    strangers = [n for n in entries if n not in listed and not OURS.fullmatch(n)]
-    if strangers:
-        fail(f"--output {folder} holds {strangers[0]}, which no run of ours made; "
-             "fix: move it out, or pick another --output")
-    if entries and not (overwrite or resume):
+    names = sorted(set(os.listdir(folder)) - {MARKER, LOCK}) if folder.is_dir() else []
+    marker = read_json(folder / MARKER)
+    listed = marker["files"] if marker else []
+    strangers = [n for n in names if n not in listed and not OURS.fullmatch(n)]
+    if strangers or (names and marker is None):
+        fail(f"--output {folder} holds {(strangers or names)[0]}, which no run of ours "
+             "made; fix: pick another --output (nothing was changed)")
+    if names and not (overwrite or resume):
         fail(f"--output {folder} already exists; fix: pick another --output, add "
              "--overwrite to replace that run, or --resume to continue it")
-    if resume and not entries:
-        fail(f"--resume: {folder} does not exist or holds no run; "
-             "fix: drop --resume to start afresh")
+    if resume and not names:
+        fail(f"--resume: {folder} does not exist or holds no run; fix: drop --resume")
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     claimed[str(folder)] = (lock(folder), made, overwrite)
     if marker is None:
-        script = Path(sys.argv[0]).name if not in_notebook() else "notebook"
-        atomic_write(folder / MARKER, json.dumps({"made_by": script, "files": []}))
+        made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
+        atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))
     return folder
 
-
+# The OS frees the lock when the process ends, however it ends: a crash can't leave it stuck.
 def lock(folder):
-    """Lock the folder for this run. The OS frees the lock when the process ends, however
-    it ends, so a crash never leaves it stuck."""
     file = open(Path(folder) / LOCK, "a+")
     try:
-        if os.name == "nt":
-            import msvcrt
-            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        import fcntl
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        # Windows has no flock: there, two runs at once are up to the student.
+        pass
     except OSError:
         file.close()
         fail(f"--output {folder} is in use by another run; "
              "fix: wait for it to end, or pick another --output")
     return file
 
-
+# Unlock this process's folders; one this run made and left empty goes again.
 def release_outputs(only=None):
-    """Unlock this process's folders (a notebook reruns cells in one process); a folder
-    that this run made and left empty goes again."""
-    for name in list(claimed):
-        if only is not None and name != str(only):
-            continue
+    for name in [n for n in claimed if only is None or n == str(only)]:
         file, made, _ = claimed.pop(name)
         file.close()
-        folder = Path(name)
-        if made and set(os.listdir(folder)) <= {MARKER, LOCK}:
-            shutil.rmtree(folder, ignore_errors=True)
+        if made and set(os.listdir(name)) <= {MARKER, LOCK}:
+            shutil.rmtree(name, ignore_errors=True)
 
-
+# What we write into a marked folder is listed there as ours.
 def record(path):
-    # Whatever we write into a marked folder is listed as ours.
     path = Path(path)
-    marker = read_marker(path.parent)
+    marker = read_json(path.parent / MARKER)
     if marker is None or path.name in marker["files"] or OURS.fullmatch(path.name):
         return
     marker["files"].append(path.name)
-    atomic_write(path.parent / MARKER, json.dumps(marker, ensure_ascii=False, indent=1))
+    atomic_write(path.parent / MARKER, json.dumps(marker, ensure_ascii=False))
+
+# A write that failed for lack of space, however the library words it.
+def disk_full(err):
+    if isinstance(err, OSError) and err.errno in (28, 27, 122):
+        return True
+    # safetensors and torch.save report it in their own words.
+    signs = ("os error 28", "os error 27", "No space left", "failed writing", "unexpected pos")
+    return any(sign in str(err) for sign in signs)
 
 
+# Write data (text, bytes, or a function given a path) under a unique name, then rename:
+# a kill or a full disk never leaves a half-written file under the real name.
 def atomic_write(path, data):
-    """Write data (text, bytes, or a function given a path) to a unique temporary name,
-    then rename it: a kill or a full disk never leaves a half-written file."""
-    path = Path(path)
-    partial = temp_name(path)
+    path, partial = Path(path), temp_name(path)
     try:
         if callable(data):
             data(partial)
@@ -331,61 +277,49 @@ def atomic_write(path, data):
         partial.unlink(missing_ok=True)
     record(path)
 
-
+# With --overwrite the previous run is set aside, and deleted once the new one is saved.
+# Call it once the input is valid and the model loaded: a typo never costs the old run.
 def make_way(folder):
-    """With --overwrite, set the previous run aside (under a name of ours, deleted once the
-    new run is saved). Call it when the new input is valid and the model is loaded."""
     if RANK != 0 or not claimed.get(str(folder), (0, 0, False))[2]:
         return
-    folder = Path(folder)
-    aside = temp_name(folder / "previous-run")
+    aside = temp_name(Path(folder, "previous-run"))
     aside.mkdir()
-    for name in sorted(set(os.listdir(folder)) - {MARKER, LOCK, aside.name}):
-        os.replace(folder / name, aside / name)
+    for name in set(os.listdir(folder)) - {MARKER, LOCK, aside.name}:
+        os.replace(Path(folder, name), aside / name)
 
-
+# Move staging's files into folder, `last` last: the scripts look for it, so the folder
+# never looks finished before it is. Then what earlier runs set aside goes.
 def move_in(staging, folder, last="adapter_config.json"):
-    """Move every file of staging into folder, `last` last (what the scripts look for), then
-    drop what earlier runs set aside. A kill in between leaves files a rerun replaces."""
-    staging, folder = Path(staging), Path(folder)
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == last):
-        os.replace(path, folder / path.name)
-        record(folder / path.name)
-    staging.rmdir()
-    for name in os.listdir(folder):
-        if name.startswith(".phogpt-") and name not in (MARKER, LOCK):
-            shutil.rmtree(folder / name, ignore_errors=True)
+    for path in sorted(Path(staging).iterdir(), key=lambda p: p.name == last):
+        os.replace(path, Path(folder, path.name))
+        record(Path(folder, path.name))
+    Path(staging).rmdir()
+    for name in set(os.listdir(folder)) - {MARKER, LOCK}:
+        if name.startswith(".phogpt-"):
+            shutil.rmtree(Path(folder, name), ignore_errors=True)
 
-
-# ---- checkpoints ----
+# ---- checkpoints: one definition of complete ----
+# Why the Trainer can't resume from this folder (a file missing, or cut short by a kill or
+# a full disk), or None.
 def checkpoint_problem(folder):
-    """Why the Trainer can't resume from this checkpoint folder (a file missing or cut short
-    by a kill or a full disk), or None."""
     for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json"):
         if not (folder / name).is_file():
             return f"{name} is missing"
     if not any(folder.glob("rng_state*.pth")):
         return "rng_state.pth is missing"
-    if not any(folder.glob("*.safetensors")):
-        return "the weights are missing"
     for path in sorted(folder.iterdir()):
-        cut = f"{path.name} is cut short"
-        if path.suffix == ".json":
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                return cut
-        # torch.save writes zip files whose directory comes last.
-        if path.suffix in (".pt", ".pth") and not zipfile.is_zipfile(path):
-            return cut
-        if path.suffix == ".safetensors" and not safetensors_complete(path):
-            return cut
+        if path.suffix in (".pt", ".pth", ".json", ".safetensors") and not whole(path):
+            return f"{path.name} is cut short"
     return None
 
-
-def safetensors_complete(path):
-    """True if the file holds every byte its header promises."""
+# A .json that parses, a torch.save zip with its directory (written last), or a
+# .safetensors that holds every byte its header promises.
+def whole(path):
     try:
+        if path.suffix in (".pt", ".pth"):
+            return zipfile.is_zipfile(path)
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8")) is not None
         with open(path, "rb") as file:
             size = int.from_bytes(file.read(8), "little")
             header = json.loads(file.read(size))
@@ -394,43 +328,34 @@ def safetensors_complete(path):
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
 
-
+# The newest complete checkpoint (or None), and notes on cut ones. Those are set aside:
+# the Trainer would resume from them, or keep them over a good one.
 def last_checkpoint(folder):
-    """The newest complete checkpoint (a Path, or None) and notes on the cut ones, which
-    are set aside: the Trainer would pick them, or keep them over a good one."""
     from transformers.trainer_utils import get_last_checkpoint
     notes = []
     while (newest := get_last_checkpoint(folder)) is not None:
-        newest = Path(newest)
-        problem = checkpoint_problem(newest)
+        problem = checkpoint_problem(Path(newest))
         if problem is None:
-            return newest, notes
-        notes.append(f"{newest.name} ({problem})")
+            return Path(newest), notes
+        notes.append(f"{Path(newest).name} ({problem})")
         os.replace(newest, temp_name(newest))
     return None, notes
 
-
-# ---- Ctrl+C and progress during training ----
+# ---- Ctrl+C and progress while training ----
+# then: a line to print before exiting 130; signal.SIG_IGN: Ctrl+C waits (while saving);
+# None: the handler from before the script comes back.
 def on_ctrl_c(then):
-    """then: a line to print before exiting 130; signal.SIG_IGN to make Ctrl+C wait (while
-    saving); None to put back the handler from before the script."""
     if isinstance(then, str):
         # A notebook keeps its own Ctrl+C: the interrupt button.
-        if in_notebook():
+        if NOTEBOOK:
             return
-
-        def stop(*_):
-            say(then)
-            sys.exit(130)
-
-        then = stop
+        line, then = then, lambda *_: (release_outputs(), say(line), sys.exit(130))
     signal.signal(signal.SIGINT, then or SIGINT_BEFORE)
 
-
+# A Trainer callback: the first Ctrl+C finishes the step, saves a checkpoint and stops; a
+# second one stops at once. It also saves at the last step: if the final save fails (a full
+# disk, a kill), --resume finds the training done and only saves.
 def ctrl_c_saves():
-    """A Trainer callback. The first Ctrl+C finishes the step, saves a checkpoint and stops;
-    a second one stops at once. It also saves at the last step, so a final save that fails
-    (a full disk, a kill) leaves a checkpoint that --resume only has to save."""
     import torch
     from transformers import TrainerCallback
 
@@ -449,19 +374,16 @@ def ctrl_c_saves():
                 flag = torch.tensor([float(self.interrupted)], device=args.device)
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
                 self.interrupted = bool(flag.item())
-            if self.interrupted:
-                control.should_training_stop = True
-            if self.interrupted or state.global_step >= state.max_steps:
-                control.should_save = True
+            control.should_training_stop |= self.interrupted
+            control.should_save |= self.interrupted or state.global_step >= state.max_steps
 
     callback = SaveOnCtrlC()
     signal.signal(signal.SIGINT, callback.interrupt)
     return callback
 
-
+# The Trainer's progress bar (with its ETA) and per log one line: step, epoch,
+# describe(logs) (None: no line), tokens/s; redraw(history) every few seconds.
 def progress_lines(describe, redraw=None, every_s=10):
-    """The Trainer's progress bar (with its ETA) and, per log, one line: step, epoch,
-    describe(logs) (None: no line), and tokens per second. redraw(history) every few s."""
     from transformers.trainer_callback import ProgressCallback
 
     class Lines(ProgressCallback):
@@ -471,23 +393,20 @@ def progress_lines(describe, redraw=None, every_s=10):
             super().on_train_begin(args, state, control, **kwargs)
             self.clock, self.tokens = time.time(), state.num_input_tokens_seen
 
+        # A second bar flashing at every evaluation helps no one.
         def on_prediction_step(self, *args, **kwargs):
-            # A second bar flashing at every evaluation helps no one.
             return
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            text = describe(logs)
+            text, now = describe(logs), time.time()
             if self.training_bar is None or text is None:
                 return
-            now = time.time()
-            line = f"step {state.global_step}/{state.max_steps} · epoch {state.epoch:.1f}"
-            line += f" · {text}"
             if "loss" in logs:
                 tokens = state.num_input_tokens_seen or logs.get("num_tokens", 0)
                 speed = (tokens - self.tokens) / max(now - self.clock, 1e-6)
-                line += f" · {speed:,.0f} tok/s"
-                self.tokens = tokens
-            self.training_bar.write(line)
+                text, self.tokens = f"{text} · {speed:,.0f} tok/s", tokens
+            self.training_bar.write(f"step {state.global_step}/{state.max_steps} · "
+                                    f"epoch {state.epoch:.1f} · {text}")
             # Time spent evaluating is not training speed.
             self.clock = now
             if redraw and now - self.drawn > every_s:
