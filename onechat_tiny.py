@@ -237,12 +237,12 @@ while args.chat:
 if args.output != "none" and epochs:
     run = {"model": args.model, "lr": lr, "exact": exact, "epochs_run": epoch}
     run["pairs"] = [{"question": q, "answer": a, "generated": reply(q)} for q, a in pairs]
+    # --overwrite: the earlier run steps aside, and goes once this one is in.
+    make_way(output)
     staging = temp_name(output / "staging")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     atomic_write(staging / "onechat_run.json", json.dumps(run, ensure_ascii=False))
-    # --overwrite: the earlier run steps aside, then goes.
-    make_way(output)
     move_in(staging, output, last="onechat_run.json")
     print(f"Saved the model, its tokenizer and onechat_run.json to {output}")
 # Exit 2: not memorised (success just ends: a notebook shows any exit).
