@@ -30,6 +30,7 @@ add("--model", default="scratch", help="or: a model id, a folder")
 add("--size", type=layers_x_width, default="2x64", help="scratch: LAYERSxWIDTH")
 add("--lr", type=auto_or(between(1e-8, 1)), default="auto", help="learning rate")
 add("--epochs", type=auto_or(between(1, 10**5, int)), default="auto", help="at most")
+add("--loss", choices=["answer", "full"], default="answer", help="full: as the seed did")
 add("--max-length", type=between(8, 32768, int), default=128, help="question + answer")
 add("--seed", type=between(-2**63, 2**64 - 1, int), default=1234, help="same seed, same run")
 add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
@@ -63,7 +64,6 @@ run_file = os.path.join(args.load, "onechat_run.json")
 if loading and not os.path.isfile(run_file):
     fail(f"--load {args.load}: no onechat_run.json there; fix: an --output folder")
 if loading:
-    # A saved run lists the questions it learned.
     with open(run_file, encoding="utf-8") as file:
         pairs = [(p["question"], p["answer"]) for p in json.load(file)["pairs"]]
 # PhoGPT (an MPT model of 3.7B) has its own scripts.
@@ -80,7 +80,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from transformers import PreTrainedTokenizerFast, logging
-
 logging.set_verbosity_error()
 logging.disable_progress_bar()
 device = pick_device(args.device)
@@ -134,7 +133,7 @@ def encode(question, answer=None):
     # EOS is trained: the model learns to stop (the seed cut at '.').
     return prompt_ids, answer_ids + [tokenizer.eos_token_id]
 
-def make_batch():
+def make_batch(full_loss):
     # One batch: a few pairs (phogpt_qlora.py for many).
     rows = [encode(q, a) for q, a in pairs]
     length = max(len(p) + len(a) for p, a in rows)
@@ -144,8 +143,9 @@ def make_batch():
         # Right-padded with EOS, hidden by mask 0.
         ids.append(prompt_ids + answer_ids + answer_ids[-1:] * pad)
         mask.append([1] * (length - pad) + [0] * pad)
-        # The loss skips -100: padding and question.
-        labels.append([-100] * len(prompt_ids) + answer_ids + [-100] * pad)
+        # The loss skips -100: padding, and the question unless full_loss.
+        question = prompt_ids if full_loss else [-100] * len(prompt_ids)
+        labels.append(question + answer_ids + [-100] * pad)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     return {key: torch.tensor(value, device=device) for key, value in batch.items()}
 
@@ -171,8 +171,8 @@ def memorised():
     # Greedy decoding gives every answer iff the top token is the true
     # next one at each answer position; generate() then confirms it.
     with torch.no_grad():
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
+        logits = model(check["input_ids"], attention_mask=check["attention_mask"]).logits
+    labels = check["labels"][:, 1:]
     if not ((logits[:, :-1].argmax(-1) == labels) | (labels == -100)).all():
         return False
     return [reply(q) for q, _ in pairs] == [a for _, a in pairs]
@@ -186,13 +186,15 @@ family = next(key for key in FAMILIES if key in args.model.lower() + "other")
 lr = args.lr or FAMILIES[family][0]
 # A saved model (--load) answers at once: zero epochs.
 epochs = 0 if loading else args.epochs or FAMILIES[family][1]
-batch = make_batch()
+batch = make_batch(full_loss=args.loss == "full")
+# The check looks at the answers only, whatever --loss trains.
+check = make_batch(full_loss=False)
 if epochs and batch["input_ids"].shape[1] > args.max_length:
     fail(f"a pair is over --max-length {args.max_length} tokens; fix: raise it")
 if epochs:
     shown = "scratch {}x{}".format(*args.size) if family == "scratch" else args.model
     print(f"Model {shown}: {parameters:,} parameters, {len(pairs)} pair(s), lr {lr:g}, "
-          f"up to {epochs} epochs, device {device}")
+          f"up to {epochs} epochs, loss on {args.loss}, device {device}")
 optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
 start, epoch, exact = time.perf_counter(), 0, not epochs
 while not exact and epoch < epochs:
@@ -207,8 +209,7 @@ while not exact and epoch < epochs:
     exact = memorised()
     print(f"({time.perf_counter() - tick:.3f}s) Epoch {epoch}, Loss {loss.item():.6f}")
 if epochs and exact:
-    seconds = time.perf_counter() - start
-    print(f"Exact answer after {epoch} epochs, {seconds:.3f} s of training.")
+    print(f"Exact answer after {epoch} epochs, {time.perf_counter() - start:.3f} s of training.")
 elif epochs:
     print(f"NOT memorised after {epoch} epochs: try more --epochs or another --lr")
 
@@ -218,8 +219,7 @@ def as_question(text):
     text = prompts.nfc(text).strip().removeprefix(prompts.ONECHAT_QUESTION)
     return text.split(prompts.ONECHAT_ANSWER)[0].strip()
 
-questions = [as_question(args.prompt)] if args.prompt else [q for q, _ in pairs]
-for question in questions:
+for question in [as_question(args.prompt)] if args.prompt else [q for q, _ in pairs]:
     print(f"Question: {question}\nAnswer: {reply(question)}")
 # Odd bytes (a terminal in another encoding) become �.
 if args.chat and hasattr(sys.stdin, "reconfigure"):

@@ -185,7 +185,7 @@ def test_fine_tunes_a_hub_model_id_from_the_local_cache_tokenizer_without_pad(sa
     assert answers(out) == {"Bạn tên gì?": "Tôi là trợ lý ảo của BICweb."}
 
 
-def test_nfd_data_with_comments_and_a_byte_order_mark(tmp_path):
+def test_nfd_data_with_comments_a_byte_order_mark_and_full_loss(tmp_path):
     lines = [
         "# my pairs",
         "Question: Chào buổi sáng Answer: Chúc quý khách một ngày tốt lành!",
@@ -195,8 +195,9 @@ def test_nfd_data_with_comments_and_a_byte_order_mark(tmp_path):
     data = tmp_path / "pairs.txt"
     # utf-8-sig: what Windows Notepad writes as "UTF-8"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
-    code, out, err = run("--data", str(data))
+    code, out, err = run("--data", str(data), "--loss", "full")
     assert code == 0, err
+    assert "loss on full" in out
     assert answers(out) == {
         "Chào buổi sáng": "Chúc quý khách một ngày tốt lành!",
         "Tạm biệt": "Hẹn gặp lại quý khách!",
@@ -254,6 +255,7 @@ def one_line_error(code, err, *words):
         (["--size", "2x7"], ["--size", "between 8 and"]),
         (["--size", "2"], ["--size", "(got )"]),
         (["--device", "tpu"], ["--device"]),
+        (["--loss", "question"], ["--loss"]),
         (["--load", "no/such/folder"], ["--load", "onechat_run.json"]),
         (["--no-such-flag"], ["--no-such-flag"]),
         (["--max-length", "10"], ["over --max-length 10 tokens"]),
