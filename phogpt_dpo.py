@@ -203,6 +203,8 @@ model.generation_config.bos_token_id = tokenizer.bos_token_id
 datasets.disable_progress_bars()
 trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer,
                      train_dataset=datasets.Dataset.from_list(pairs))
+# trl writes its own model card into --output at every checkpoint; ours comes with the save.
+trainer.create_model_card = lambda *args, **kwargs: None
 kept = len(trainer.train_dataset)
 if kept == 0:
     fail(f"--max-length {args.max_length} leaves no room for any answer; fix: raise it")
@@ -225,6 +227,7 @@ plumbing.atomic_write(out_dir / "dpo_run.json", json.dumps(settings, indent=1))
 if last:
     say(f"resuming from {last}" + "".join(f" (set aside {note})" for note in cut))
 stop = plumbing.ctrl_c_saves()
+trainer.add_callback(stop)
 started = time.time()
 try:
     if done_steps < total_steps:
@@ -329,3 +332,5 @@ except Exception as err:
 plumbing.on_ctrl_c(None)
 say(f"{trainer.state.global_step} steps in {train_seconds:.0f} s; adapter, README.md and "
     f"training_summary.json in {out_dir}; chat: python phogpt_chat.py --adapter {out_dir}")
+# This run is done: the folder is free for the next one (a notebook reruns cells).
+plumbing.release_outputs()

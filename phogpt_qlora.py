@@ -447,6 +447,7 @@ if plumbing.RANK == 0:
 if cuda:
     torch.cuda.reset_peak_memory_stats()
 stop = plumbing.ctrl_c_saves()
+trainer.add_callback(stop)
 state_before = plumbing.read_json(last / "trainer_state.json") if last else {}
 tokens_before = state_before.get("num_input_tokens_seen", 0)
 started = time.time()
@@ -628,3 +629,5 @@ except Exception as err:
 plumbing.on_ctrl_c(None)
 say(f"{summary['tokens_per_s']:,.0f} tokens/s, peak {peak:.2f} GiB, {train_seconds:.0f} s; "
     f"adapter, {', '.join(written)} in {out_dir}")
+# This run is done: the folder is free for the next one (a notebook reruns cells).
+plumbing.release_outputs()

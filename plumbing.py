@@ -207,6 +207,9 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
     if strangers or (names and marker is None):
         fail(f"--output {folder} holds {(strangers or names)[0]}, which no run of ours "
              "made; fix: pick another --output (nothing was changed)")
+    # A folder of ours may be in use by a run right now: that is the first thing to say.
+    if marker:
+        claimed[str(folder)] = (lock(folder), False, overwrite)
     if names and not (overwrite or resume):
         fail(f"--output {folder} already exists; fix: pick another --output, add "
              "--overwrite to replace that run, or --resume to continue it")
@@ -214,7 +217,7 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
         fail(f"--resume: {folder} does not exist or holds no run; fix: drop --resume")
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    claimed[str(folder)] = (lock(folder), made, overwrite)
+    claimed[str(folder)] = claimed.get(str(folder)) or (lock(folder), made, overwrite)
     if marker is None:
         made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
         atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))

@@ -206,7 +206,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     (cut / "checkpoint-999" / "adapter_model.safetensors").write_bytes(b"\0" * 10)
     resumed = run(*common, "--output", cut, "--resume")
     assert re.search(rf"resuming from {re.escape(str(cut))}/checkpoint-\d+ "
-                     r"\(removed checkpoint-999: incomplete\)", resumed.stdout), resumed.stdout
+                     r"\(set aside checkpoint-999 \(optimizer.pt is missing\)\)",
+                     resumed.stdout), resumed.stdout
     same_adapter(cut, tmp_path / "whole")
     assert not (cut / "checkpoint-999").exists()
     # Resuming with other data would mix two runs: refused in one line.
@@ -216,11 +217,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
 
 
 BAD_FLAGS = [
-    (["--beta", "0"], "--beta must be > 0"), (["--beta", "-0.1"], "--beta must be > 0"),
+    (["--beta", "0"], "--beta must be between"), (["--beta", "-0.1"], "--beta"),
     (["--beta", "1e9"], "--beta"), (["--beta", "nan"], "--beta"),
-    (["--lr", "0"], "--lr must be > 0"), (["--lr", "-1e-4"], "--lr"), (["--lr", "1e6"], "--lr"),
+    (["--lr", "0"], "--lr must be between"), (["--lr", "-1e-4"], "--lr"), (["--lr", "1e6"], "--lr"),
     (["--epochs", "0"], "--epochs"), (["--epochs", "-3"], "--epochs"),
-    (["--epochs", "1e9"], "--epochs"), (["--max-steps", "0"], "--max-steps"),
+    (["--epochs", "1e9"], "--epochs"),
     (["--max-steps", "-5"], "--max-steps"), (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "-1"], "--batch-size"), (["--batch-size", "100000"], "--batch-size"),
     (["--grad-accum", "0"], "--grad-accum"), (["--max-length", "0"], "--max-length"),
@@ -244,7 +245,7 @@ def test_a_bad_flag_gets_one_line(sft, data, tmp_path, capsys, flags, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without CUDA")
 def test_cuda_only_settings_without_a_gpu_get_one_line(sft, data, tmp_path, capsys):
-    for flags in (["--device", "cuda"], ["--load-in", "4bit"]):
+    for flags in (["--device", "cuda"],):
         code, out, err = run_here(capsys, "--adapter", sft, "--data", data,
                                   "--output", tmp_path / "out", *flags)
         assert_one_line(code, err, flags[0], "CUDA")
@@ -284,28 +285,36 @@ def test_an_adapter_of_another_shape_or_damaged_gets_one_line(tiny, sft, data, t
         assert not (tmp_path / "out").exists()
 
 
-def test_an_existing_output_is_kept_without_overwrite(sft, data, tmp_path, capsys):
+def test_an_existing_output_is_kept_without_overwrite(sft, data, trained, tmp_path, capsys):
     old = tmp_path / "old"
     (old / "checkpoint-5").mkdir(parents=True)
     (old / "adapter_config.json").write_text("{}", encoding="utf-8")
     (old / "notes.txt").write_text("ghi chú", encoding="utf-8")
     before = sorted(str(p) for p in old.rglob("*"))
-    code, out, err = run_here(capsys, "--adapter", sft, "--data", data, "--output", old)
-    assert_one_line(code, err, "already exists", "--overwrite")
-    # --overwrite with bad data: nothing is deleted before the input is known to be fine.
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Chào", "chosen": "Chào bạn"}])
-    code, out, err = run_here(capsys, "--adapter", sft, "--data", bad, "--output", old,
-                              "--overwrite")
-    assert_one_line(code, err, "bad.jsonl:1", "rejected")
+    # A folder no run of ours made is never replaced, not even with --overwrite.
+    for flags in ([], ["--overwrite"]):
+        code, out, err = run_here(capsys, "--adapter", sft, "--data", data, "--output", old,
+                                  *flags)
+        assert_one_line(code, err, "no run of ours made")
     assert sorted(str(p) for p in old.rglob("*")) == before
     assert (old / "notes.txt").read_text(encoding="utf-8") == "ghi chú"
+    # A run of ours: kept without --overwrite, and with bad data nothing is deleted.
+    ours, _ = trained
+    kept = {p: p.read_bytes() for p in ours.rglob("*") if p.is_file() and "lock" not in p.name}
+    code, out, err = run_here(capsys, "--adapter", sft, "--data", data, "--output", ours)
+    assert_one_line(code, err, "already exists", "--overwrite")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Chào", "chosen": "Chào bạn"}])
+    code, out, err = run_here(capsys, "--adapter", sft, "--data", bad, "--output", ours,
+                              "--overwrite")
+    assert_one_line(code, err, "bad.jsonl:1", "rejected")
+    assert all(path.read_bytes() == content for path, content in kept.items())
     # A file where the folder should go, and the adapter folder itself, are refused too.
     code, out, err = run_here(capsys, "--adapter", sft, "--data", data,
                               "--output", old / "notes.txt")
     assert_one_line(code, err, "is a file")
     code, out, err = run_here(capsys, "--adapter", sft, "--data", data, "--output", sft,
                               "--overwrite")
-    assert_one_line(code, err, "--output is the --adapter folder")
+    assert_one_line(code, err, f"--output {sft} holds --adapter")
 
 
 GOOD = '{"prompt": "Chào", "chosen": "Chào bạn", "rejected": "Không"}\n'

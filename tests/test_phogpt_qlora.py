@@ -232,21 +232,21 @@ def test_resume_refuses_other_data_another_lora_shape_and_a_finished_run(tiny, f
 
 def test_overwrite_keeps_the_old_run_until_the_new_input_is_valid(tiny, faq, tmp_path, capsys):
     old = tmp_path / "old-run"
-    (old / "checkpoint-7").mkdir(parents=True)
-    (old / "checkpoint-7" / "optimizer.pt").write_bytes(b"old optimizer")
-    (old / "adapter_model.safetensors").write_bytes(b"old adapter")
+    run("--model", tiny, "--data", faq, "--output", old, "--max-steps", 2, "--save-steps", 1,
+        "--recall-limit", -1)
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file() and "lock" not in p.name}
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
     code, out, err = run_here(capsys, "--model", tiny, "--data", empty, "--output", old,
                               "--overwrite")
     assert_one_error_line(code, err, "no rows")
-    assert (old / "checkpoint-7" / "optimizer.pt").read_bytes() == b"old optimizer"
-    assert (old / "adapter_model.safetensors").read_bytes() == b"old adapter"
-    run("--model", tiny, "--data", faq, "--output", old, "--overwrite", "--max-steps", 2,
-        "--recall-limit", -1)
-    assert sorted(p.name for p in old.glob("checkpoint-*")) == ["checkpoint-2"]
-    assert not (old / "previous-run").exists()
-    assert (old / "adapter_model.safetensors").read_bytes() != b"old adapter"
+    assert all(path.read_bytes() == data for path, data in before.items())
+    run("--model", tiny, "--data", faq, "--output", old, "--overwrite", "--max-steps", 3,
+        "--save-steps", 3, "--recall-limit", -1, "--seed", 7)
+    assert sorted(p.name for p in old.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert not [p for p in old.iterdir() if "previous-run" in p.name]
+    adapter = old / "adapter_model.safetensors"
+    assert adapter.read_bytes() != before[adapter]
 
 
 BAD_ROWS = {  # file name -> (content, the place the error must name, a word it must say)
@@ -304,17 +304,17 @@ def test_data_is_checked_before_the_model_is_fetched(tmp_path, capsys):
 
 
 BAD_FLAGS = [
-    (["--lr", "0"], "--lr must be > 0"), (["--lr", "-1e-4"], "--lr"), (["--lr", "1e6"], "--lr"),
-    (["--lr", "nan"], "--lr"), (["--epochs", "0"], "--epochs must be > 0"),
+    (["--lr", "0"], "--lr must be between"), (["--lr", "-1e-4"], "--lr"), (["--lr", "1e6"], "--lr"),
+    (["--lr", "nan"], "--lr"), (["--epochs", "0"], "--epochs must be between"),
     (["--epochs", "-3"], "--epochs"), (["--epochs", "1e9"], "--epochs"),
-    (["--max-steps", "0"], "--max-steps"), (["--max-steps", "-5"], "--max-steps"),
+    (["--max-steps", "-5"], "--max-steps"),
     (["--batch-size", "0"], "--batch-size must be between 1"),
     (["--batch-size", "100000"], "--batch-size"), (["--grad-accum", "0"], "--grad-accum"),
     (["--lora-r", "0"], "--lora-r"), (["--lora-r", "100000"], "--lora-r"),
     (["--lora-alpha", "-1"], "--lora-alpha"), (["--lora-dropout", "1"], "--lora-dropout"),
     (["--lora-dropout", "-0.1"], "--lora-dropout"), (["--warmup-steps", "-1"], "--warmup-steps"),
     (["--max-length", "-5"], "--max-length"), (["--max-length", "0"], "--max-length"),
-    (["--save-steps", "0"], "--save-steps"), (["--logging-steps", "0"], "--logging-steps"),
+    (["--save-steps", "0"], "--save-steps"), (["--logging-steps", "-1"], "--logging-steps"),
     (["--logging-steps", "ten"], "--logging-steps"), (["--recall-limit", "-2"], "--recall-limit"),
     (["--seed", "-1"], "--seed"), (["--lr-scheduler", "cosinus"], "--lr-scheduler"),
     (["--optim", "adam_bogus"], "--optim"), (["--lora-targets", "attn.Wqkv,lm_head"], "lm_head"),
@@ -342,9 +342,8 @@ def test_bad_input_gets_one_line(tiny, faq, tmp_path, capsys):
     # Notepad's "Unicode" is UTF-16.
     (tmp_path / "notepad.jsonl").write_text('{"question": "Chào", "answer": "Chào bạn"}\n',
                                             encoding="utf-16")
-    cases = [(["--output", tmp_path / "old"], "already exists"),
+    cases = [(["--output", tmp_path / "old"], "which no run of ours made"),
              (["--output", tmp_path / "a-file"], "is a file"),
-             (["--load-in", "4bit"], "needs a CUDA GPU"),
              (["--data", tmp_path / "missing.jsonl"], "file not found"),
              (["--data", tmp_path / "latin1.csv"], "not UTF-8"),
              (["--data", tmp_path / "notepad.jsonl"], "UTF-16 text"),
@@ -361,7 +360,7 @@ def test_bad_input_gets_one_line(tiny, faq, tmp_path, capsys):
     assert "Traceback" not in done.stderr
 
 
-def test_dry_run_prints_examples_lengths_and_t4_estimates(tiny, tmp_path, capsys):
+def test_dry_run_prints_examples_and_lengths(tiny, tmp_path, capsys):
     chat = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "system", "content": "Bạn là trợ lý."},
                       {"role": "user", "content": FAQ[0][0]},
@@ -381,8 +380,7 @@ def test_dry_run_prints_examples_lengths_and_t4_estimates(tiny, tmp_path, capsys
     assert "Bạn là trợ lý.\n\nCửa hàng" in out and "⟦Bạn" not in out
     ready_made = prompts.PHOGPT_USER_FIRST + FAQ[3][0] + prompts.PHOGPT_ASSISTANT
     assert f"\n{ready_made}⟦ {FAQ[3][1]}</s>⟧" in out
-    assert "1 truncated by --max-length 100" in out and "T4 estimate" in out
-    assert "GiB" in out and "$" in out and "rough formula, not measured" in out
+    assert "1 truncated by --max-length 100" in out and "median" in out
     assert not (tmp_path / "phogpt-adapter").exists()
 
 
@@ -397,15 +395,20 @@ def test_a_full_disk_leaves_nothing_that_looks_finished(tiny, faq, tmp_path, cap
     done = run("--model", tiny, "--data", faq, "--output", output, "--max-steps", 2,
                "--recall-limit", -1, check=False, preexec_fn=limit_file_size)
     # (the Trainer's progress bar comes before it on stderr)
+    # No checkpoint survived the full disk: the fix is to start afresh, not --resume.
     assert_one_error_line(done.returncode, done.stderr.strip().splitlines()[-1] + "\n",
-                          "disk is full", "--resume")
+                          "disk is full", "rerun with --overwrite")
     assert "Traceback" not in done.stderr
     for finished in ("adapter_model.safetensors", "training_summary.json", "README.md"):
         assert not (output / finished).exists(), finished
     # The checkpoint cut short by the full disk is not taken for a complete one.
     code, out, err = run_here(capsys, "--model", tiny, "--data", faq, "--output", output,
                               "--max-steps", 2, "--resume")
-    assert_one_error_line(code, err, "no complete checkpoint", "checkpoint-2")
+    assert_one_error_line(code, err, "no complete checkpoint")
+    # The command the error advised finishes the run.
+    run("--model", tiny, "--data", faq, "--output", output, "--max-steps", 2, "--overwrite",
+        "--recall-limit", -1)
+    assert (output / "adapter_model.safetensors").exists()
 
 
 def test_ctrl_c_before_training_says_nothing_was_trained(tiny, faq, tmp_path):
