@@ -74,8 +74,10 @@ args = plumbing.parse_flags(parser)
 # for their authors, not for you.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
 # Heavy imports after the flags, so --help is instant.
-import datasets
 import torch
+# bitsandbytes only for --load-in 4bit/8bit, before transformers, peft and trl look for it.
+plumbing.keep_hub_code_out(args.load_in, torch.cuda.is_available())
+import datasets
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import ProgressCallback, TrainerState

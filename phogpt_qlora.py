@@ -116,6 +116,8 @@ plumbing.on_ctrl_c("stopped by Ctrl+C before training started: nothing was train
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
 # Heavy imports come after the flags, so --help answers at once.
 import torch
+# bitsandbytes only for --load-in 4bit/8bit, before transformers and peft look for it.
+plumbing.keep_hub_code_out(args.load_in, torch.cuda.is_available())
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import DataCollatorWithFlattening, Trainer, TrainerState, TrainingArguments
