@@ -144,6 +144,9 @@ transformers_logging.set_verbosity_error()
 # ---- one answer: prompt, KV cache, sampling, streaming ----
 # Shown instead of an answer when something failed (the web page then leaves that turn out).
 ERROR_SIGN = "⚠️ Lỗi:"
+# NaN/inf logits (fp16 overflow, damaged weights) would decode to an empty answer: say so.
+NOT_FINITE = ("mô hình trả về logit NaN/inf (tràn số?), câu trả lời sẽ rỗng; "
+              "fix: chạy lại với fp32 (--device cpu) hoặc kiểm tra trọng số")
 
 
 def fit_history(tokenizer, messages, budget, template="chat", system="", first=0):
@@ -233,6 +236,8 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0, to
         out = step(input_ids=torch.tensor([new_ids], device=device), use_cache=True,
                    logits_to_keep=1, **{CACHE_NAME: state["cache"]})
         state["ids"] = state["ids"] + new_ids
+        if not torch.isfinite(out.logits[:, -1, :]).all():
+            raise FloatingPointError(NOT_FINITE)
         logits = processors(seen, out.logits[:, -1, :].float())
         if temperature > 0:
             token = torch.multinomial(torch.softmax(logits, dim=-1), 1)[0, 0].item()
@@ -401,6 +406,10 @@ def ask(chat, history, question, show_stats):
         print(" [đã dừng]", end="")
         # An interrupted forward may leave the cache half-updated: start it over.
         state.update(cache=None, ids=[], stats=None)
+    except FloatingPointError as err:
+        print(f"({err})")
+        state.update(cache=None, ids=[], stats=None)
+        return history
     print()
     if show_stats and state.get("stats"):
         print(f"[{stats_line(state['stats'])}]", file=sys.stderr)
@@ -423,6 +432,8 @@ def one_shot(chat, question, show_stats):
             print(piece, end="", flush=True)
     except KeyboardInterrupt:
         sys.exit(130)
+    except FloatingPointError as err:
+        fail(err)
     print()
     if show_stats:
         print(f"[{stats_line(chat['state']['stats'])}]", file=sys.stderr)
@@ -643,7 +654,12 @@ def settle(args):
     if load_in == "auto":
         load_in = "4bit" if device == "cuda" else "none"
     if load_in != "none" and device != "cuda":
-        fail(f"--load-in {load_in} needs a CUDA GPU (bitsandbytes); fix: --load-in none")
+        print(f"--load-in {load_in} trên {device}: chậm, chỉ để kiểm tra", file=sys.stderr)
+    if load_in != "none":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            fail(f"--load-in {load_in} needs bitsandbytes; fix: pip install bitsandbytes")
     model, adapter, trained_on = args.model, args.adapter, None
     is_adapter = os.path.exists(os.path.join(adapter, "adapter_config.json"))
     if adapter != "none" and not is_adapter:

@@ -410,7 +410,14 @@ def answer_recall(model, tokenizer, examples, limit):
                                  do_sample=False, use_cache=True,
                                  max_new_tokens=max(len(a) for _, a in batch) + 8,
                                  eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 output_logits=True, return_dict_in_generate=True)
+        # NaN/inf logits (fp16 overflow) decode to empty answers: say why instead.
+        if not all(torch.isfinite(step).all() for step in out.logits):
+            say("recall check: the model gives NaN/inf logits (an fp16 overflow?), so its "
+                "answers are empty; fix: --dtype fp32 (or bf16 on a GPU that has it)")
+            return 0, len(pairs), []
+        out = out.sequences
         for (prompt_ids, answer_ids), new in zip(batch, out[:, width:].tolist()):
             if new[: len(answer_ids)] == answer_ids:
                 hits += 1
@@ -598,8 +605,7 @@ if load_in == "auto":
     load_in = "4bit" if cuda else "none"
 if load_in != "none" and not args.dry_run:
     if not cuda:
-        fail(f"--load-in {load_in} needs a CUDA GPU and none is in use; "
-             "fix: use a GPU runtime, or --load-in none")
+        say(f"--load-in {load_in} on the {device}: slow, meant for checking the QLoRA path")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -775,7 +781,7 @@ if args.dry_run:
 
 # ---- model: the base (4-bit on a GPU) + LoRA ----
 torch.manual_seed(args.seed)
-if device == "cpu":
+if device == "cpu" and load_in == "none":
     say("no GPU: training LoRA on the full-precision base on the CPU; slow beyond tiny models")
 # One whole model per torchrun process, on its own GPU.
 device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None
@@ -784,6 +790,11 @@ try:
                                   quant_type=args.quant_type, double_quant=args.double_quant)
 except (OSError, ValueError) as err:
     fail(err)
+# bitsandbytes repacks 4-bit weights for a fast CPU kernel at the first no-grad forward (the
+# per-epoch eval); that kernel has no backward, so training after it fails: keep the plain one.
+for layer in base.modules():
+    if hasattr(layer, "support_avx512bf16_for_cpu"):
+        layer.support_avx512bf16_for_cpu = False
 checkpointing = args.gradient_checkpointing == "on"
 estimate = functools.partial(t4_estimate, base.config, lengths, args.batch_size, args.lora_r,
                              args.epochs, args.packing, load_in)

@@ -344,7 +344,6 @@ def test_bad_input_gets_one_line(tiny, faq, tmp_path, capsys):
                                             encoding="utf-16")
     cases = [(["--output", tmp_path / "old"], "already exists"),
              (["--output", tmp_path / "a-file"], "is a file"),
-             (["--load-in", "4bit"], "needs a CUDA GPU"),
              (["--data", tmp_path / "missing.jsonl"], "file not found"),
              (["--data", tmp_path / "latin1.csv"], "not UTF-8"),
              (["--data", tmp_path / "notepad.jsonl"], "UTF-16 text"),
