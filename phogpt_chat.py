@@ -290,6 +290,18 @@ def shown_part(raw, stop):
 # EOS or at the stop string, which never shows. state = {"cache": None, "ids": [],
 # "static": 0} carries the KV cache from turn to turn ("static": n, a StaticCache of
 # n tokens); the answer's speed is left in state["stats"].
+# NaN/inf logits (an fp16 overflow, damaged weights) decode to an empty answer: say so.
+NOT_FINITE = ("mô hình cho logit NaN/inf (tràn số?), câu trả lời sẽ rỗng; "
+              "fix: chạy với --device cpu (fp32) hoặc kiểm tra trọng số")
+
+
+def finite_only(ids, scores):
+    # Sampling masks tokens with -inf on purpose; NaN, +inf or nothing left is a fault.
+    if scores.isnan().any() or scores.isposinf().any() or scores.isneginf().all():
+        raise ValueError(NOT_FINITE)
+    return scores
+
+
 def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0,
                   top_p=0.9, top_k=50, repetition_penalty=1.0, max_new_tokens=1024):
     start = time.perf_counter()
@@ -318,6 +330,7 @@ def stream_answer(model, tokenizer, prompt_ids, state, stop, temperature=1.0,
                 max_new_tokens=int(max_new_tokens), eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, stop_strings=stop,
                 tokenizer=tokenizer, stopping_criteria=[until_stopped],
+                logits_processor=[finite_only],
                 repetition_penalty=float(repetition_penalty), **sampling,
                 # The cache of the turns before: only what is new gets encoded.
                 # (transformers 5.24 calls it cache=, 5.23 past_key_values=.)

@@ -513,6 +513,11 @@ def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
             raise
         message = load_error_message(name_or_path, err, source, torch_load)
         raise OSError(message) from None
+    # bitsandbytes repacks 4-bit weights for a CPU kernel at the first no-grad forward (an
+    # eval); that kernel has no backward, so training after it would fail. Keep the plain one.
+    for layer in model.modules():
+        if hasattr(layer, "support_avx512bf16_for_cpu"):
+            layer.support_avx512bf16_for_cpu = False
     # Published: no EOS, and use_cache false.
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -530,7 +530,14 @@ def answer_recall(examples, limit):
                                  do_sample=False, use_cache=True,
                                  max_new_tokens=max(len(a) for _, a in batch) + 8,
                                  eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 output_logits=True, return_dict_in_generate=True)
+        # NaN/inf logits (an fp16 overflow) decode to empty answers: say why instead.
+        if not all(torch.isfinite(step).all() for step in out.logits):
+            say("recall check: the model gives NaN/inf logits (an fp16 overflow?), so its "
+                "answers are empty; fix: --dtype fp32 (or bf16 on a GPU that has it)")
+            return 0, len(pairs), []
+        out = out.sequences
         for (prompt_ids, answer_ids), new in zip(batch, out[:, width:].tolist()):
             if new[: len(answer_ids)] == answer_ids:
                 hits += 1
@@ -584,7 +591,8 @@ if eval_name:
 CARD = """# {name}: adapter LoRA cho `{model}`
 
 Học bằng `phogpt_qlora.py` (SFT) trên `{data}`: {rows} dòng (rows), {steps} bước (steps),
-loss cuối (final loss) {loss}, LoRA r={r}. Trả lời đúng từng chữ (answered exactly): {answered}.
+loss cuối (final loss) {loss}, LoRA r={r} trên trọng số gốc {weights}.
+Trả lời đúng từng chữ (answered exactly): {answered}.
 
     {command}
     python phogpt_chat.py --adapter {output}
@@ -593,8 +601,8 @@ Loss curve: `loss_curve.png`; figures: `training_summary.json`.
 """
 card = CARD.format(name=out_dir.name, model=model_name, data=data_name, rows=len(shapes),
                    steps=summary["steps"], loss=f"{summary['final_loss'] or 0:.3f}",
-                   r=args.lora_r, answered=", ".join(answered) or "—", command=command,
-                   output=shlex.quote(str(out_dir)))
+                   r=args.lora_r, weights=weights, answered=", ".join(answered) or "—",
+                   command=command, output=shlex.quote(str(out_dir)))
 written = []
 try:
     final_title = title + ("\nanswered exactly: " + ", ".join(answered) if answered else "")

@@ -8,6 +8,7 @@ import csv
 import difflib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -101,8 +102,9 @@ def pick_load_in(name, device):
     if device == "mps":
         fail(f"--load-in {name} does not run on an Apple GPU; fix: --device cpu")
     if device == "cpu":
-        say(f"lưu ý: --load-in {name} trên CPU rất chậm, chỉ để kiểm tra "
-            "(slow on a CPU: for checking; a GPU does the real run)")
+        # stderr: a chat's stdout holds only the answer.
+        print(f"lưu ý: --load-in {name} trên CPU rất chậm, chỉ để kiểm tra; "
+              "chạy thật thì dùng GPU", file=sys.stderr)
     return name
 
 # (where, row) for each row of a .jsonl/.json/.csv file, where = file:line; or of a data
@@ -176,6 +178,8 @@ def keep_hub_code_out(load_in="none", cuda=False):
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     quantised = load_in in ("4bit", "8bit") or (load_in == "auto" and cuda)
     skip_imports("kernels", *([] if quantised else ["bitsandbytes"]))
+    # Without kernels, bitsandbytes says at import it uses its own CPU code: nothing to act on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 # ---- output folders: never delete or replace what a run of ours did not make ----
