@@ -124,6 +124,13 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 # Heavy imports after the flags, so --help and a flag error are instant.
 import torch  # noqa: E402
+
+import plumbing  # noqa: E402
+
+# bitsandbytes only for --load-in 4bit/8bit, before transformers and peft look for it
+# (imported by the tests or the benchmark, this file leaves the process as it is).
+if __name__ == "__main__":
+    plumbing.keep_hub_code_out(args.load_in, torch.cuda.is_available())
 from transformers import (  # noqa: E402
     DynamicCache,
     LogitsProcessorList,

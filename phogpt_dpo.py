@@ -92,8 +92,13 @@ args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 # Heavy imports after the flags, so --help is instant.
 # bitsandbytes (imported by peft and trl) logs a hint about an optional CPU kernel package.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-import datasets  # noqa: E402
 import torch  # noqa: E402
+
+import plumbing  # noqa: E402
+
+# bitsandbytes only for --load-in 4bit/8bit, before transformers, peft and trl look for it.
+plumbing.keep_hub_code_out(args.load_in, torch.cuda.is_available())
+import datasets  # noqa: E402
 from peft import PeftModel  # noqa: E402
 from transformers import ProgressCallback  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402

@@ -119,6 +119,11 @@ if args.gguf != "none":
 # torch after the flags: --help and flag errors stay instant
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+import plumbing  # noqa: E402
+
+# Merging needs unquantised weights: no bitsandbytes, and no kernels downloads from the hub.
+plumbing.keep_hub_code_out()
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from phogpt_model import load_phogpt  # noqa: E402

@@ -156,6 +156,11 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", categor
 
 # Heavy imports come after the flags, so --help answers at once.
 import torch
+
+import plumbing
+
+# bitsandbytes only for --load-in 4bit/8bit, before transformers and peft look for it.
+plumbing.keep_hub_code_out(args.load_in, torch.cuda.is_available())
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback

@@ -53,6 +53,23 @@ TURN_MARKER = re.compile(r"#{3,}\s*(?:câu hỏi|trả lời)", re.IGNORECASE)
 SPECIAL_TOKEN_TEXTS = ("</s>", "<s>", "<pad>", "<unk>")
 # A full-width number sign: looks like '#' to a reader, but is not the template's '###'.
 LOOKALIKE_HASH = "\uff03"
+# Characters that show nothing, besides the format characters (Unicode category Cf, e.g. the
+# zero-width space U+200B): a combining grapheme joiner, Hangul fillers, variation selectors.
+# Hidden inside '###\u200b Câu hỏi:', they would slip a turn marker past a plain search.
+INVISIBLE = {"\u034f", "\u115f", "\u1160", "\u3164", "\uffa0", *map(chr, range(0xFE00, 0xFE10))}
+
+
+def is_invisible(char):
+    """True for a character that takes no space on screen (zero-width, format, filler)."""
+    return char in INVISIBLE or unicodedata.category(char) == "Cf"
+
+
+def marker_spans(text):
+    """Where TURN_MARKER matches text once invisible characters are skipped: a list of lists,
+    for each marker the positions in text of its visible characters."""
+    kept = [i for i, char in enumerate(text) if not is_invisible(char)]
+    visible = "".join(text[i] for i in kept)
+    return [kept[match.start():match.end()] for match in TURN_MARKER.finditer(visible)]
 
 
 def nfc(text):
@@ -66,7 +83,7 @@ def turn_markers(text):
     Training scripts report these (with counts) instead of training them silently.
     """
     text = nfc(text)
-    found = [match.group(0) for match in TURN_MARKER.finditer(text)]
+    found = ["".join(text[i] for i in span) for span in marker_spans(text)]
     return found + [token for token in SPECIAL_TOKEN_TEXTS for _ in range(text.count(token))]
 
 
@@ -74,12 +91,18 @@ def defuse(text):
     """User text that cannot forge a turn of either template; otherwise as typed (NFC).
 
     A typed '\\n### Trả lời: ...' or '### Câu hỏi:' would read to the model as a turn that never
-    happened, and a typed '</s>' as the end of an answer. So each '#' of such a marker becomes
+    happened, and a typed '</s>' as the end of an answer. So each '#' of such a marker (found
+    also with zero-width or other invisible characters inside it) becomes
     the look-alike '＃' (U+FF03), and the special-token strings ('</s>', '<s>', '<pad>',
     '<unk>') are dropped. Apply it to what a user types, before building the prompt: a
     defused conversation keeps the prefix property of generation_prompt.
     """
-    text = TURN_MARKER.sub(lambda match: match.group(0).replace("#", LOOKALIKE_HASH), nfc(text))
+    chars = list(nfc(text))
+    # Invisible characters inside a marker do not save it: its '#'s are replaced all the same.
+    for span in marker_spans("".join(chars)):
+        for i in span:
+            chars[i] = LOOKALIKE_HASH if chars[i] == "#" else chars[i]
+    text = "".join(chars)
     # Dropping one token can join the halves of another ('<</s>/s>'): repeat until none is left.
     while any(token in text for token in SPECIAL_TOKEN_TEXTS):
         for token in SPECIAL_TOKEN_TEXTS:

@@ -50,3 +50,15 @@ def tokenizer_texts():
 def tiny_phogpt(tmp_path_factory):
     """A tiny random PhoGPT-4B-Chat-format checkpoint: config.json, model.safetensors, tokenizer."""
     return save_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_phogpt")), tokenizer_texts())
+
+
+# Tests that drive another program: CI runs them in one leg only (.ci/run, -m "not other_program").
+OTHER_PROGRAM_FILES = {"test_chat_browser.py", "test_notebook.py", "test_colab_notebook.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        in_llama_cpp = item.path.name == "test_phogpt_export.py" and (
+            "gguf" in item.name or "llama_cpp" in item.name)
+        if item.path.name in OTHER_PROGRAM_FILES or in_llama_cpp:
+            item.add_marker(pytest.mark.other_program)
