@@ -245,6 +245,8 @@ MARKER, LOCK = ".phogpt-run.json", ".phogpt-run.lock"
 OURS = re.compile(r"checkpoint-\d+|runs|\.phogpt-.*")
 # Folders this process holds: path -> (lock file, made by this run, --overwrite).
 claimed = {}
+# {folder: where make_way put the previous run}, until the new one has moved in.
+set_aside = {}
 
 # A name unique to this run, never a fixed OUTPUT.partial a student may own.
 def temp_name(path):
@@ -296,11 +298,16 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
     if resume and not names:
         fail(f"--resume: {folder} does not exist or holds no run; fix: drop --resume")
     made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    claimed[str(folder)] = claimed.get(str(folder)) or (lock(folder), made, overwrite)
-    if marker is None:
-        made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
-        atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        claimed[str(folder)] = claimed.get(str(folder)) or (lock(folder), made, overwrite)
+        if marker is None:
+            made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
+            atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))
+    except OSError as err:
+        # Read-only, inside a file, a full disk: before any work, one line.
+        fail(f"--output {folder} can't be written ({err.strerror}); fix: pick a folder "
+             "you can write to, on a disk with free space")
     return folder
 
 # The OS frees the lock when the process ends, however it ends: a crash can't leave it stuck.
@@ -318,10 +325,18 @@ def lock(folder):
              "fix: wait for it to end, or pick another --output")
     return file
 
-# Unlock this process's folders; one this run made and left empty goes again.
+# Unlock this process's folders; one this run made and left empty goes again. A run that
+# ends having written nothing there (an error, Ctrl+C) puts the run it set aside back.
 def release_outputs(only=None):
     for name in [n for n in claimed if only is None or n == str(only)]:
         file, made, _ = claimed.pop(name)
+        aside = set_aside.pop(name, None)
+        written = [n for n in os.listdir(name) if n not in (MARKER, LOCK)
+                   and not n.startswith(".phogpt-")]
+        for path in aside.iterdir() if aside and not written else []:
+            os.replace(path, Path(name, path.name))
+        if aside and not written:
+            shutil.rmtree(aside, ignore_errors=True)
         file.close()
         if made and set(os.listdir(name)) <= {MARKER, LOCK}:
             shutil.rmtree(name, ignore_errors=True)
@@ -367,6 +382,7 @@ def make_way(folder):
         return
     aside = temp_name(Path(folder, "previous-run"))
     aside.mkdir()
+    set_aside[str(folder)] = aside
     for name in set(os.listdir(folder)) - {MARKER, LOCK, aside.name}:
         os.replace(Path(folder, name), aside / name)
 
@@ -377,6 +393,8 @@ def move_in(staging, folder, last="adapter_config.json"):
         os.replace(path, Path(folder, path.name))
         record(Path(folder, path.name))
     Path(staging).rmdir()
+    # The new run is in: the one set aside is not coming back.
+    set_aside.pop(str(folder), None)
     for name in set(os.listdir(folder)) - {MARKER, LOCK}:
         if name.startswith(".phogpt-"):
             shutil.rmtree(Path(folder, name), ignore_errors=True)

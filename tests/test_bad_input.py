@@ -193,3 +193,26 @@ def test_a_model_folder_that_lies_is_caught_before_any_work(tiny_phogpt, tmp_pat
     expected = [(1, [damage.replace(" ", "-")]) for damage in LIES]
     assert not one_line_problems(results, expected), "\n".join(
         one_line_problems(results, expected))
+
+
+# A folder nobody can write to (root may write anywhere, but not into /proc), and a folder
+# inside a file: one line before any work, in every script that writes an --output.
+UNWRITABLE = ["/proc/phogpt-test-output", "{tmp}/a-file.txt/bot"]
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("tiny_phogpt.py", ["--data", os.path.join(ROOT, "data")]),
+    ("onechat_tiny.py", ["--epochs", "1"]),
+    ("phogpt_qlora.py", ["--model", "{model}", "--data", "{faq}", "--max-steps", "1"]),
+])
+def test_an_output_that_cannot_be_written_is_one_line(script, flags, tiny_phogpt, tmp_path):
+    (tmp_path / "faq.jsonl").write_text(QA * 2, encoding="utf-8")
+    (tmp_path / "a-file.txt").write_text("x", encoding="utf-8")
+    fill = dict(model=tiny_phogpt, faq=str(tmp_path / "faq.jsonl"), tmp=tmp_path)
+    cases = [[f.format(**fill) for f in flags] + ["--output", out.format(**fill)]
+             for out in UNWRITABLE]
+    results = run_cases(script, cases, tmp_path)
+    expected = [(1, ["--output"])] * len(cases)
+    assert not one_line_problems(results, expected), "\n".join(
+        one_line_problems(results, expected))
+    assert (tmp_path / "a-file.txt").read_text(encoding="utf-8") == "x"
