@@ -423,6 +423,9 @@ def whole(path):
             return json.loads(path.read_text(encoding="utf-8")) is not None
         with open(path, "rb") as file:
             size = int.from_bytes(file.read(8), "little")
+            # Garbage can claim a header of exabytes: never read past the file.
+            if size > os.path.getsize(path):
+                return False
             header = json.loads(file.read(size))
         ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
         return os.path.getsize(path) == 8 + size + max(ends, default=0)
