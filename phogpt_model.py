@@ -385,8 +385,7 @@ def model_source(name_or_path):
         return {}
     is_path = name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path
     if is_path or name_or_path.count("/") != 1:
-        raise OSError(f"model folder {name_or_path} not found: check the path, "
-                      "or give a hub id like vinai/PhoGPT-4B-Chat")
+        raise OSError(f"model folder {name_or_path} not found; fix: check the path or hub id")
     from huggingface_hub import constants
     # The hub client retries minutes: knock once.
     url = urlparse(constants.ENDPOINT)
@@ -413,7 +412,7 @@ def check_files(folder, names):
             # Cut short, empty, or UTF-16 from Notepad: the reason, in brackets.
             why = str(err).split(": ")[-1][:80] if os.path.getsize(path) else "empty"
             raise OSError(f"{path} is damaged, cut short or not UTF-8 ({why}); fix: download "
-                          "or copy it again (the copy stopped early, or the disk was full?)") from None
+                          "or copy it again (did the copy stop early, the disk fill?)") from None
 
 def check_tensors(path, expected):
     """One line (ValueError) for a tensor of the wrong dtype or shape, or NaN."""
@@ -506,9 +505,8 @@ def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
         # device_map="cpu" or "cuda:0" says where: pick for that device.
         placed = isinstance(device_map, (str, torch.device)) and device_map != "auto"
         dtype = pick_dtype(device_map if placed else None)
-    # One look at the hub (none for a folder), for tokenizer and model.
+    # One look at the hub (none for a folder); the tokenizer checks a folder first.
     source = model_source(name_or_path)
-    # The tokenizer checks a folder first: its files and tensors.
     tokenizer = load_tokenizer(name_or_path, source)
     kwargs = dict(dtype=dtype, device_map=device_map, **source)
     if load_in != "none":
