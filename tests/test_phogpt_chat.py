@@ -763,7 +763,7 @@ def test_bad_input_gets_one_line(model_dir, adapter_dir, tmp_path):
     cases = [
         (["--adapter", str(empty)], "adapter_config.json is missing or damaged"),
         (["--adapter", str(damaged)], "adapter_config.json is missing or damaged"),
-        (["--adapter", str(truncated)], "adapter_model.safetensors is damaged"),
+        (["--adapter", str(truncated)], "adapter_model.safetensors is missing or damaged"),
         (["--device", "cuda" if not torch.cuda.is_available() else "mps"], "GPU"),
         (["--adapter", adapter_dir, "--model", other], "was trained on"),
         (["--max-length", "0"], "--max-length must be between 16"),
