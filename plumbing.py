@@ -4,8 +4,10 @@ Flags and one-line errors (also in a notebook), devices, data rows with file:lin
 folders that never lose a student's files, atomic saves, checkpoints, Ctrl+C, progress lines.
 """
 import argparse
+import contextlib
 import csv
 import difflib
+import errno
 import importlib.util
 import json
 import logging
@@ -215,6 +217,31 @@ def checked_text(value, where):
     if value and all(char.isspace() or prompts.is_invisible(char) for char in value):
         return ""
     return value
+
+# Append row (a dict) to a .jsonl data file as one line. ValueError, nothing written, if the
+# file is no JSONL of rows (a model's config.json or weights, notes). A last line without
+# its newline gets one first; a failed write (a full disk) is cut off: the file stays whole.
+def append_row(path, row):
+    path = Path(path)
+    line = json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
+    old = path.read_bytes() if path.is_file() else b""
+    try:
+        rows = [json.loads(text) for text in old.decode("utf-8-sig").splitlines() if text.strip()]
+    except ValueError:
+        rows = [None]
+    if path.suffix != ".jsonl" or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path} is not a .jsonl file of rows")
+    # Unbuffered: a write that fails says so right here.
+    with open(path, "ab", buffering=0) as file:
+        size = file.tell()
+        line = line if old.endswith(b"\n") or not old else b"\n" + line
+        try:
+            if file.write(line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            with contextlib.suppress(OSError):
+                file.truncate(size)
+            raise
 
 # Make these packages unimportable in this process: libraries that use them when installed
 # (peft and trl import bitsandbytes) then carry on without them.
