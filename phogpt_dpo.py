@@ -1,18 +1,15 @@
 """Preference tuning (DPO) of a PhoGPT adapter: answer like `chosen`, not `rejected`.
 
-Start from the adapter phogpt_qlora.py trained (SFT) and rows of preference pairs:
+From the adapter phogpt_qlora.py trained (SFT) and rows of preference pairs:
 {"prompt": "a question", "chosen": "a good answer", "rejected": "a worse one"}.
 
     python phogpt_qlora.py --data data/faq_vi.jsonl --output phogpt-adapter
     python phogpt_dpo.py --adapter phogpt-adapter --output phogpt-dpo
     python phogpt_chat.py --adapter phogpt-dpo
 
-DPO (Rafailov et al., 2023) raises log p(chosen) - log p(rejected) of the model,
-measured against a frozen reference: your SFT adapter as it was (trl keeps a copy
-named "ref"). --beta says how far the model may move from it (small: stay close).
-Each line shows the loss (ln 2 = 0.693 at the start), the reward margin and the
-share of pairs where chosen rose more than rejected. Ctrl+C saves a checkpoint;
-the same command with --resume continues.
+DPO (Rafailov et al., 2023) raises log p(chosen) - log p(rejected) against a frozen
+reference, your SFT adapter as it was (trl's copy "ref"); --beta: how far the model may
+move from it. Each line: the loss (ln 2 = 0.693 at first), the reward margin and accuracy.
 """
 import argparse
 import hashlib
@@ -85,7 +82,7 @@ if not config_file.is_file():
          "fix: give the --output folder of phogpt_qlora.py (train one first)")
 adapter_base = (plumbing.read_json(config_file) or {}).get("base_model_name_or_path")
 if not isinstance(adapter_base, str):
-    fail(f"{config_file} is damaged; fix: train the adapter again with phogpt_qlora.py")
+    fail(f"{config_file} is damaged; fix: train it again with phogpt_qlora.py")
 model_name = adapter_base if args.model == "auto" else args.model
 template = args.template
 if template == "auto":
@@ -99,10 +96,9 @@ out_dir = plumbing.claim_output(args.output, args.overwrite, args.resume, protec
     "--adapter": args.adapter, "--model": model_name, "--data": args.data})
 last, cut = plumbing.last_checkpoint(out_dir) if args.resume else (None, [])
 if args.resume and last is None:
-    fail(f"--resume: no complete checkpoint in {out_dir}; "
-         "fix: drop --resume, add --overwrite")
+    fail(f"--resume: no complete checkpoint in {out_dir}; fix: drop --resume, add --overwrite")
 
-# ---- data: every row checked before the model loads ----
+# ---- data: every row, before the model loads ----
 pairs = []
 for where, row in plumbing.read_rows(args.data):
     if not isinstance(row, dict):
@@ -113,17 +109,16 @@ for where, row in plumbing.read_rows(args.data):
         text[field] = plumbing.text_field(row, field, where, fix).strip()
     if text["chosen"] == text["rejected"]:
         fail(f"{where}: 'chosen' and 'rejected' are the same; fix: make them differ")
-    # An EOS or a marker in an answer trains a fake end or turn.
+    # An EOS or a marker trains a fake end or turn.
     for field in ("chosen", "rejected"):
         for marker in prompts.turn_markers(text[field])[:1]:
             fail(f"{where}: '{field}' contains {marker!r}; fix: remove it")
     prompt = text["prompt"]
-    # A ready-made PhoGPT prompt (VinAI's format) stays.
+    # A ready-made prompt (VinAI's format) stays.
     if not prompt.endswith(prompts.PHOGPT_ASSISTANT.strip()):
         question = [{"role": "user", "content": prompt}]
         prompt = prompts.generation_prompt(question, "</s>", template)
-    # The answer follows one space, as in SFT;
-    # trl appends the EOS.
+    # A space, then the answer (trl adds EOS), as in SFT.
     pairs.append({"prompt": prompt, "chosen": " " + text["chosen"],
                   "rejected": " " + text["rejected"]})
 if not pairs:
@@ -136,7 +131,7 @@ except (OSError, ValueError) as err:
 lengths = [max(len(tokenizer(pair["prompt"] + pair[answer] + "</s>").input_ids)
                for answer in ("chosen", "rejected")) for pair in pairs]
 cut_short = sum(length > args.max_length for length in lengths)
-# All cut: no </s> to learn, the model would never stop.
+# All cut: no </s> learnt, the model never stops.
 if cut_short == len(pairs):
     fail(f"--max-length {args.max_length} cuts the end (</s>) off every answer; "
          f"fix: --max-length {max(lengths)} keeps them whole")
@@ -151,18 +146,18 @@ run = {"model": model_name, "adapter": str(Path(args.adapter).resolve()),
        "lr": args.lr, "epochs": args.epochs, "max_steps": args.max_steps,
        "batch_size": args.batch_size, "grad_accum": args.grad_accum,
        "max_length": args.max_length, "seed": args.seed}
-batches = math.ceil(len(pairs) / args.batch_size)
-steps_per_epoch = math.ceil(batches / args.grad_accum)
+# Optimizer steps, as the Trainer counts them.
+steps_per_epoch = math.ceil(math.ceil(len(pairs) / args.batch_size) / args.grad_accum)
 total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
 done_steps = plumbing.same_run(out_dir, last, run, total_steps)
 say(f"{len(pairs)} preference pairs from {args.data}, template '{template}'")
 
-# ---- model: the base, once, with the SFT adapter ----
+# ---- model: the base with the SFT adapter ----
 plumbing.on_ctrl_c("stopped by Ctrl+C while loading the model: nothing was trained")
 torch.manual_seed(args.seed)
 dtype = pick_dtype(device)
 try:
-    # One whole model per GPU; on CPU/MPS the Trainer moves it.
+    # On CPU and MPS the Trainer moves the model.
     device_map = {"": 0} if device == "cuda" else None
     base, tokenizer = load_phogpt(model_name, load_in=load_in, dtype=dtype,
                                   device_map=device_map)
@@ -171,21 +166,18 @@ except (OSError, ValueError) as err:
 try:
     model = PeftModel.from_pretrained(base, args.adapter, is_trainable=True)
 except Exception as err:
-    # A shape mismatch: many lines from torch, one says it.
+    # A shape mismatch is many lines: one says it.
     mismatch = re.search(r"size mismatch for (\S+): copying a param with shape (.+?) "
                          r"from checkpoint, the shape in current model is (.+?)\.?$",
                          str(err), re.M)
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-    reason = reason.strip()[:160]
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:160]
     if mismatch:
-        reason = (f"{mismatch[1]}: {mismatch[2]} in the adapter, "
-                  f"{mismatch[3]} in the model")
+        reason = f"{mismatch[1]}: {mismatch[2]} in the adapter, {mismatch[3]} in the model"
     fail(f"--adapter {args.adapter} does not load on {model_name} ({reason}); "
          f"fix: pass the --model it was trained on ({adapter_base}), "
          "or train it again if it is damaged")
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-dtype_name = str(dtype).removeprefix("torch.")
-say(f"{model_name} ({load_in}, {dtype_name} on {device}) + {args.adapter}: "
+say(f"{model_name} ({load_in}, {str(dtype).removeprefix('torch.')} on {device}) + {args.adapter}: "
     f"{trainable:,} trainable parameters; reference: a frozen copy of the adapter")
 
 # ---- train ----
@@ -214,32 +206,30 @@ model.generation_config.bos_token_id = tokenizer.bos_token_id
 datasets.disable_progress_bars()
 trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer,
                      train_dataset=datasets.Dataset.from_list(pairs))
-# trl's model card at every checkpoint: ours comes with the save.
+# Not trl's card at each checkpoint: ours at the end.
 trainer.create_model_card = lambda *args, **kwargs: None
-# trl drops pairs whose prompt alone fills --max-length.
+# trl drops pairs whose prompt fills --max-length.
 kept = len(trainer.train_dataset)
 
 
-# One line per log: the loss and how the rewards moved.
+# One line per log: loss, how the rewards moved.
 def describe(logs):
     if "loss" in logs:
-        return (f"loss {logs['loss']:.3f} · "
-                f"reward margin {logs['rewards/margins']:.3f} · "
-                f"reward accuracy {logs['rewards/accuracies']:.0%}")
+        return (f"loss {logs['loss']:.3f} · reward margin {logs['rewards/margins']:.3f}"
+                f" · reward accuracy {logs['rewards/accuracies']:.0%}")
 
 
 trainer.remove_callback(ProgressCallback)
 trainer.add_callback(plumbing.progress_lines(describe))
 if last:
-    notes = "".join(f" (set aside {note})" for note in cut)
-    say(f"resuming from {last}{notes}")
+    say(f"resuming from {last}" + "".join(f" (set aside {note})" for note in cut))
 started = time.time()
 plumbing.train(trainer, out_dir, run, last, done_steps >= total_steps)
 train_seconds = time.time() - started
 
 
-# ---- report: the margin before ("ref") and after ----
-# Mean of log p(chosen) - log p(rejected), EOS included,
+# ---- report: the margin before and after ----
+# Mean log p(chosen) - log p(rejected) (with EOS),
 # and in how many rows it is > 0.
 def mean_margin(rows):
     margins = []
@@ -274,39 +264,37 @@ except KeyboardInterrupt:
     model.set_adapter("default")
     margin_before = margin_after = float("nan")
     ahead_before = ahead_after = "?"
-say(f"log p(chosen) - log p(rejected), mean over {len(rows)} pairs: "
-    f"{margin_before:.2f} with the SFT adapter -> {margin_after:.2f} after DPO "
-    f"({margin_after - margin_before:+.2f}); chosen ahead in "
+gain = margin_after - margin_before
+say(f"log p(chosen) - log p(rejected), mean over {len(rows)} pairs: {margin_before:.2f} with "
+    f"the SFT adapter -> {margin_after:.2f} after DPO ({gain:+.2f}); chosen ahead in "
     f"{ahead_before}/{len(rows)} -> {ahead_after}/{len(rows)} pairs")
 
 # ---- save: the adapter, its card and figures ----
-logs = [log for log in trainer.state.log_history if "loss" in log]
 keys = ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies")
-summary = {**run, "pairs": kept, "template": template, "device": device,
-           "load_in": load_in, "steps": trainer.state.global_step,
-           "train_seconds": round(train_seconds, 1),
-           "margin_before": round(margin_before, 4),
-           "margin_after": round(margin_after, 4),
-           "chosen_ahead_before": ahead_before,
-           "chosen_ahead_after": ahead_after, "margin_pairs": len(rows),
-           "log": [{k: log[k] for k in keys} for log in logs]}
+logs = [{k: log[k] for k in keys} for log in trainer.state.log_history if "loss" in log]
+summary = {
+    **run, "pairs": kept, "template": template, "device": device,
+    "load_in": load_in, "steps": trainer.state.global_step,
+    "train_seconds": round(train_seconds, 1), "margin_pairs": len(rows),
+    "margin_before": round(margin_before, 4), "margin_after": round(margin_after, 4),
+    "chosen_ahead_before": ahead_before, "chosen_ahead_after": ahead_after,
+    "log": logs}
 # The model card: what it is, how to use it.
 CARD = """# PhoGPT adapter, DPO
 
 Base `{model}`, from the SFT adapter `{adapter}`: {pairs} preference pairs
 from `{data}`, beta {beta:g}, {steps} steps. Mean log p(chosen) - log p(rejected):
 {margin_before:.2f} before, {margin_after:.2f} after.
-
 Chat with it: `python phogpt_chat.py --adapter {output}`
 """
 files = {"README.md": CARD.format(**summary, output=out_dir),
          "training_summary.json": json.dumps(summary, indent=1, ensure_ascii=False)}
-# Only the trained adapter, not trl's "ref" copy.
+# While saving, Ctrl+C waits: a half-saved adapter would look finished.
 plumbing.on_ctrl_c(signal.SIG_IGN)
+# Only the trained adapter, not trl's "ref" copy.
 plumbing.save_adapter(model, tokenizer, out_dir, files, selected_adapters=["default"])
 plumbing.on_ctrl_c(None)
-say(f"{trainer.state.global_step} steps in {train_seconds:.0f} s; adapter, README.md "
-    f"and training_summary.json in {out_dir}; "
-    f"chat: python phogpt_chat.py --adapter {out_dir}")
+say(f"{trainer.state.global_step} steps in {train_seconds:.0f} s; adapter, README.md and "
+    f"training_summary.json in {out_dir}; chat: python phogpt_chat.py --adapter {out_dir}")
 # Done: the folder is free (a notebook reruns cells).
 plumbing.release_outputs()

@@ -141,17 +141,17 @@ if args.resume and last is None:
     fail(f"--resume: no complete checkpoint in {out_dir} ({'; '.join(cut) or 'none'}); "
          "fix: drop --resume and add --overwrite to start afresh")
 
-# ---- data: check every row (no model needed), then tokenize ----
+# ---- data: every row checked, then tokenized ----
 # The names other data sets give the speakers.
 ROLES = {"user": "user", "human": "user", "gpt": "assistant",
          "assistant": "assistant", "system": "system"}
-# (field, its role key, its text key): ours, ShareGPT's.
+# (field, role key, text key): ours, ShareGPT's.
 TURNS = (("messages", "role", "content"), ("conversations", "from", "value"))
-# (question, answer) fields, as known data sets name them.
+# (question, answer) fields in known data sets.
 PAIRS = (("prompt", "response"), ("instruction", "output"), ("question", "answer"))
 
 
-# A row -> [{'role', 'content'}, ...], or (ready-made prompt, answer).
+# A row -> messages, or (ready-made prompt, answer).
 def row_to_messages(row, where):
     if not isinstance(row, dict):
         fail(f"{where}: expected an object, got {type(row).__name__}; "
@@ -197,10 +197,10 @@ def read_conversations(source):
     if not rows:
         fail(f"{source}: no rows; fix: add at least one question and answer")
     shapes = [row_to_messages(row, where) for where, row in rows]
-    # Template markers or "</s>" would teach forged turns.
+    # Markers or "</s>" would teach forged turns.
     found = []
     for (where, _), shape in zip(rows, shapes):
-        # A ready-made prompt holds the template: check its answer only.
+        # A ready-made prompt: only its answer.
         texts = [shape[1]] if isinstance(shape, tuple) else [m["content"] for m in shape]
         markers = [mark for text in texts for mark in prompts.turn_markers(text)]
         found += [(where, markers[0])] if markers else []
@@ -212,7 +212,7 @@ def read_conversations(source):
     return shapes
 
 
-# The data before the tokenizer (a download): a typo shows at once.
+# Data first, tokenizer (a download) next.
 shapes = read_conversations(data_name)
 eval_shapes = read_conversations(eval_name) if eval_name else []
 # Held out means: rows the model never trained on.
@@ -236,7 +236,7 @@ EOS = tokenizer.eos_token_id
 def tokenize(segments):
     input_ids, labels = [], []
     for text, is_answer in segments:
-        # An answer's EOS goes in as its id, not as text.
+        # An answer's EOS goes in as its id.
         has_eos = is_answer and text.endswith(tokenizer.eos_token)
         text = text.removesuffix(tokenizer.eos_token) if has_eos else text
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -252,7 +252,7 @@ def tokenize_all(shapes, source):
     examples, truncated, longest = [], 0, 0
     for shape in shapes:
         if isinstance(shape, tuple):
-            # A ready-made prompt: the answer as in chat.
+            # Ready-made: the answer as in chat.
             answer = " " + shape[1].strip() + tokenizer.eos_token
             segments = [(shape[0], False), (answer, True)]
         else:
@@ -279,7 +279,7 @@ examples, truncated, longest = tokenize_all(shapes, data_name)
 eval_examples = tokenize_all(eval_shapes, eval_name)[0] if eval_name else []
 lengths = [len(e["input_ids"]) for e in examples]
 answer_tokens = sum(len(e["labels"]) - e["labels"].count(-100) for e in examples)
-# A few cut answers are a notice: they lose their end.
+# A few cut answers: a notice (they lose </s>).
 cut_note = f"{truncated} truncated by --max-length {args.max_length}"
 if truncated:
     cut_note += f" ({longest} keeps all)"
@@ -400,7 +400,7 @@ def pad_batch(batch):
 
 # loss_curve.png: training and held-out loss.
 def draw_curve(history, title):
-    # Not pyplot: it would change a notebook's backend.
+    # Not pyplot: it changes a notebook's backend.
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -456,7 +456,7 @@ plumbing.on_ctrl_c(f"stopped by Ctrl+C after training: the adapter in {out_dir} 
                    "is complete; the checks and the report were skipped")
 
 
-# ---- report: recall, loss curve, summary, model card ----
+# ---- report: recall, curve, summary, card ----
 # Greedy-decode each trained answer from its prompt;
 # count the exact ones that end in EOS.
 def answer_recall(examples, limit):
@@ -486,7 +486,7 @@ def answer_recall(examples, limit):
                 max_new_tokens=max(len(a) for _, a in batch) + 8,
                 eos_token_id=EOS, pad_token_id=tokenizer.pad_token_id,
                 output_logits=True, return_dict_in_generate=True)
-        # NaN/inf logits (fp16 overflow): empty answers.
+        # NaN/inf logits (fp16): empty answers.
         if not all(torch.isfinite(step).all() for step in out.logits):
             say("recall check: the model gives NaN/inf logits (an fp16 overflow?), "
                 "so its answers are empty; fix: --dtype fp32 (or bf16 on a GPU "
@@ -544,7 +544,7 @@ if eval_name:
                        "recall": {"exact": hits, "total": total}}
     answered.append(f"{hits}/{total} held-out")
     say(f"answered {hits}/{total} held-out questions exactly ({eval_name})")
-# The model card: what this adapter is, how to use it.
+# The model card: what it is, how to use it.
 CARD = """# {name}: adapter LoRA cho `{model}`
 
 Học bằng `phogpt_qlora.py` (SFT) trên `{data}`: {rows} dòng (rows),
