@@ -545,3 +545,102 @@ def progress_lines(describe, redraw=None, every_s=10):
                 self.drawn = now
 
     return Lines()
+
+# ---- one training run, the same in every script: resume, train, save ----
+# A field of a data row: text, not empty, in NFC (hub rows are not normalised on reading).
+def text_field(row, field, where, fix):
+    value = row.get(field)
+    if not isinstance(value, str) or not value.strip():
+        problem = "missing" if value is None else "empty or not text"
+        fail(f"{where}: field '{field}' is {problem}; fix: {fix}")
+    return unicodedata.normalize("NFC", value)
+
+# --resume continues the run `settings` describe (run.json), never another: one line names
+# what changed. "x_sha256" compares the content of "x" (a moved file is the same data).
+# Returns the steps done; a run that has its adapter already is refused.
+def same_run(folder, last, settings, total_steps):
+    before = (read_json(Path(folder) / "run.json") or {}) if last else {}
+    for key, value in settings.items():
+        if f"{key}_sha256" in settings or before.get(key, value) == value:
+            continue
+        name = key.removesuffix("_sha256")
+        fail(f"--resume: this run trained with {name} {before[name]}, not {settings[name]}; "
+             "fix: resume with the same flags and data, or start afresh with --overwrite")
+    done = read_json(Path(last) / "trainer_state.json")["global_step"] if last else 0
+    if done >= total_steps and (Path(folder) / "adapter_config.json").exists():
+        fail(f"--resume: {Path(last).name} already reached step {done} of {total_steps}; "
+             "fix: raise --epochs (or --max-steps) to train longer, or drop --resume")
+    return done
+
+# Train, from the last checkpoint if there is one. Only now (input valid, model loaded)
+# does an old run make way. finished: training ended but the final save failed, so the
+# last checkpoint is loaded, not trained again. Ctrl+C saves a checkpoint and exits 130.
+def train(trainer, folder, settings, last, finished):
+    import torch
+    make_way(folder)
+    if RANK == 0:
+        atomic_write(Path(folder) / "run.json", json.dumps(settings, ensure_ascii=False))
+    stop = ctrl_c_saves()
+    trainer.add_callback(stop)
+    try:
+        if not finished:
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
+        else:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+            from transformers import TrainerState
+            weights = load_file(Path(last) / "adapter_model.safetensors")
+            set_peft_model_state_dict(trainer.model, weights)
+            trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+    except KeyboardInterrupt:
+        release_outputs()
+        say(f"stopped at once by a second Ctrl+C; the last complete checkpoint in {folder} "
+            "is kept (rerun with --resume)")
+        sys.exit(130)
+    except torch.OutOfMemoryError:
+        fail("out of GPU memory; fix: halve --batch-size, or lower --max-length")
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        again = "--resume" if last_checkpoint(folder)[0] else "--overwrite"
+        fail(f"could not write a checkpoint in {folder} (the disk is full); "
+             f"fix: free some disk space, then rerun with {again}")
+    finally:
+        # A run that stops early leaves its bar open: what follows gets its own line.
+        for callback in trainer.callback_handler.callbacks:
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
+    # While saving, Ctrl+C waits: a half-saved adapter would look finished.
+    on_ctrl_c(signal.SIG_IGN)
+    if stop.interrupted and trainer.state.global_step < trainer.state.max_steps:
+        say(f"stopped by Ctrl+C at step {trainer.state.global_step}; checkpoint saved in "
+            f"{folder}; rerun with --resume")
+        release_outputs()
+        on_ctrl_c(None)
+        sys.exit(130)
+    # torchrun: only the first process saves and reports; no collective calls after this.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        if RANK != 0:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # A normal exit can abort in the process group's C++ teardown.
+            os._exit(0)
+
+# Save the adapter, its tokenizer and files ({name: text}) under a name of this run, then
+# move them in, adapter_config.json last. A full disk: --resume then only saves.
+def save_adapter(model, tokenizer, folder, files=None, **kwargs):
+    staging = temp_name(Path(folder) / "adapter")
+    try:
+        model.save_pretrained(staging, **kwargs)
+        tokenizer.save_pretrained(staging)
+        # peft's own README.md is an empty template: the script writes the card.
+        (staging / "README.md").unlink(missing_ok=True)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        move_in(staging, folder)
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        fail(f"could not save the adapter in {folder} (the disk is full); fix: free some "
+             "disk space, then rerun with --resume (it only saves)")
