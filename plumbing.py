@@ -284,8 +284,9 @@ def record(path):
 def disk_full(err):
     if isinstance(err, OSError) and err.errno in (28, 27, 122):
         return True
-    # safetensors and torch.save report it in their own words.
-    signs = ("os error 28", "os error 27", "No space left", "failed writing", "unexpected pos")
+    # safetensors, torch.save and numpy's tofile (a GGUF) report it in their own words.
+    signs = ("os error 28", "os error 27", "No space left", "failed writing", "unexpected pos",
+             "requested and")
     return any(sign in str(err) for sign in signs)
 
 
