@@ -5,6 +5,7 @@ until greedy decoding gives its exact answer and then the EOS token."""
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import prompts
@@ -197,17 +198,23 @@ if epochs:
           f"up to {epochs} epochs, loss on {args.loss}, device {device}")
 optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
 start, epoch, exact = time.perf_counter(), 0, not epochs
-while not exact and epoch < epochs:
-    epoch += 1
-    tick = time.perf_counter()
-    model.train()
-    loss = model(**batch).loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    # Stop once exact: more would only polish it.
-    exact = memorised()
-    print(f"({time.perf_counter() - tick:.3f}s) Epoch {epoch}, Loss {loss.item():.6f}")
+# Ctrl+C stops training, not the lesson: what it learned still answers (and is saved).
+on_ctrl_c(None)
+try:
+    while not exact and epoch < epochs:
+        epoch += 1
+        tick = time.perf_counter()
+        model.train()
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Stop once exact: more would only polish it.
+        exact = memorised()
+        print(f"({time.perf_counter() - tick:.3f}s) Epoch {epoch}, Loss {loss.item():.6f}")
+except KeyboardInterrupt:
+    print(f"Ctrl+C: training stopped in epoch {epoch}")
+on_ctrl_c("Ctrl+C: stopped, nothing more saved")
 if epochs and exact:
     print(f"Exact answer after {epoch} epochs, {time.perf_counter() - start:.3f} s of training.")
 elif epochs:
@@ -240,10 +247,16 @@ if args.output != "none" and epochs:
     # --overwrite: the earlier run steps aside, and goes once this one is in.
     make_way(output)
     staging = temp_name(output / "staging")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    atomic_write(staging / "onechat_run.json", json.dumps(run, ensure_ascii=False))
-    move_in(staging, output, last="onechat_run.json")
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        atomic_write(staging / "onechat_run.json", json.dumps(run, ensure_ascii=False))
+        move_in(staging, output, last="onechat_run.json")
+    except Exception as error:
+        # A full disk (safetensors has its own error type): the half-saved copy goes, and
+        # fail() puts an earlier run back.
+        shutil.rmtree(staging, ignore_errors=True)
+        fail(f"--output {output}: saving failed ({error}); fix: free some disk space")
     print(f"Saved the model, its tokenizer and onechat_run.json to {output}")
 # Exit 2: not memorised (success just ends: a notebook shows any exit).
 if not exact:

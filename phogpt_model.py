@@ -36,7 +36,6 @@ CACHE_NAME = "cache" if _NEW else "past_key_values"
 # Logits per lm_head call in the training loss: 819 tokens for 4B, 66 for 7B5.
 LOSS_CHUNK = 2**24
 
-
 # ---- the layers ----
 class LayerNorm(nn.LayerNorm):
     def __init__(self, config):
@@ -56,7 +55,6 @@ class LayerNorm(nn.LayerNorm):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         with torch.autocast(device, enabled=False):
             return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
-
 
 class Attention(nn.Module):
     def __init__(self, config, layer_idx):
@@ -88,7 +86,6 @@ class Attention(nn.Module):
                                            scale=self.scale, dropout_p=dropout)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
-
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -100,7 +97,6 @@ class MLP(nn.Module):
     def forward(self, x):
         # The exact (erf) GELU, as MPT: not tanh's.
         return self.down_proj(F.gelu(self.up_proj(x), approximate="none"))
-
 
 class PhoGPTBlock(GradientCheckpointingLayer):
     def __init__(self, config, layer_idx):
@@ -116,7 +112,6 @@ class PhoGPTBlock(GradientCheckpointingLayer):
         x = x + self.resid_dropout(self.attn(self.norm_1(x), attn_bias, cache))
         return x + self.resid_dropout(self.ffn(self.norm_2(x)))
 
-
 # ---- the config ----
 # Attention options that change the maths, and the only value we implement.
 ATTN_DEFAULTS = {
@@ -128,7 +123,6 @@ ATTN_DEFAULTS = {
 NORMS = ("layernorm", "low_precision_layernorm")
 ATTN_FREE = {"attn_impl", "attn_pdrop", "alibi_bias_max", "clip_qkv", "softmax_scale",
              "rope_theta", "rope_impl", "rope_dail_config", "rope_hf_config"}
-
 
 class PhoGPTConfig(PreTrainedConfig):
     """PhoGPT's config.json as published: llm-foundry's keys and defaults."""
@@ -185,7 +179,6 @@ class PhoGPTConfig(PreTrainedConfig):
             if not implemented:
                 raise ValueError(f"PhoGPT config option {option} is not supported")
 
-
 # ---- ALiBi and masks: one attention bias ----
 def alibi_slopes(n_heads, alibi_bias_max=8, device=None):
     """llm-foundry's gen_slopes: one slope per head, steeper = more local."""
@@ -196,7 +189,6 @@ def alibi_slopes(n_heads, alibi_bias_max=8, device=None):
     if n != n_heads:
         slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
     return slopes
-
 
 def alibi_bias(config, mask, position_ids, past_len, q_len, kv_len, dtype, device):
     """ALiBi plus causal, padding and packing masks: one (B or 1, heads, q, k) bias."""
@@ -238,7 +230,6 @@ def alibi_bias(config, mask, position_ids, past_len, q_len, kv_len, dtype, devic
     fill = bias.masked_fill_ if blocked.shape[0] == 1 else bias.masked_fill
     return fill(blocked, float("-inf"))
 
-
 # ---- the model ----
 class PhoGPTPreTrainedModel(PreTrainedModel):
     config_class = PhoGPTConfig
@@ -248,7 +239,6 @@ class PhoGPTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["PhoGPTBlock"]
     _supports_sdpa = True
     _can_compile_fullgraph = True
-
 
 class PhoGPTModel(PhoGPTPreTrainedModel):
     # Where transformers and peft find wte.
@@ -297,7 +287,6 @@ class PhoGPTModel(PhoGPTPreTrainedModel):
         if not use_cache:
             return None
         return DynamicCache(config=self.config) if cache is None else cache
-
 
 class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
     # The output layer is wte: logits = h @ wte.T
@@ -380,7 +369,6 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
                              f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
         return (model, info) if want_info else model
 
-
 # ---- loading: one line per bad file ----
 def pick_dtype(device=None):
     """bf16 on a CUDA GPU that has it, fp16 on older ones (T4), else fp32."""
@@ -390,7 +378,6 @@ def pick_dtype(device=None):
     bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.bfloat16 if bf16 else torch.float16
 
-
 def model_source(name_or_path):
     """from_pretrained's kwargs for a folder or a hub id (asks the hub once)."""
     if os.path.isdir(name_or_path):
@@ -398,8 +385,7 @@ def model_source(name_or_path):
         return {}
     is_path = name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path
     if is_path or name_or_path.count("/") != 1:
-        raise OSError(f"model folder {name_or_path} not found: check the path, "
-                      "or give a hub id like vinai/PhoGPT-4B-Chat")
+        raise OSError(f"model folder {name_or_path} not found; fix: check the path or hub id")
     from huggingface_hub import constants
     # The hub client retries minutes: knock once.
     url = urlparse(constants.ENDPOINT)
@@ -412,29 +398,71 @@ def model_source(name_or_path):
         return {"local_files_only": True}
     return {}
 
-
 def check_files(folder, names):
     """One line (OSError) naming the first of these files that is damaged."""
     for path in [os.path.join(folder, name) for name in names]:
-        if not os.path.isfile(path):
-            continue
         try:
             if path.endswith(".safetensors"):
-                # Header only: tensors fill the file?
-                with safe_open(path, framework="pt"):
-                    continue
-            with open(path, "rb") as f:
-                json.loads(f.read().decode("utf-8"))
-        except UnicodeDecodeError:
-            why = "is not UTF-8 text (another encoding?)"
+                # Header only: do the tensors fill the file?
+                safe_open(path, framework="pt")
+            elif os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    json.load(f)
         except Exception as err:
-            why = f"is damaged or cut short ({str(err).split(': ')[-1]})"
-        else:
-            continue
-        why = "is empty" if os.path.getsize(path) == 0 else why
-        raise OSError(f"{path} {why}; fix: download or copy it again (the copy stopped "
-                      "early, or the disk was full?)")
+            # Cut short, empty, or UTF-16 from Notepad: the reason, in brackets.
+            why = str(err).split(": ")[-1][:80] if os.path.getsize(path) else "empty"
+            raise OSError(f"{path} is damaged, cut short or not UTF-8 ({why}); fix: download "
+                          "or copy it again (did the copy stop early, the disk fill?)") from None
 
+def check_tensors(path, expected):
+    """One line (ValueError) for a tensor of the wrong dtype or shape, or NaN."""
+    with safe_open(path, framework="pt") as f:
+        for key in f.keys():
+            # The header gives dtype and shape: no tensor is read for them.
+            part = f.get_slice(key)
+            dtype, shape = part.get_dtype(), part.get_shape()
+            want = list(expected[key].shape) if key in expected else shape
+            # NaN: ~4000 values from the first, middle and last rows, in ms.
+            take = max(1, 1365 // max(1, math.prod(shape[1:])))
+            rows = {0, max(0, shape[0] - take) // 2, max(0, shape[0] - take)} if shape else ()
+            if dtype not in ("F64", "F32", "F16", "BF16"):
+                why = f"is stored as {dtype}, not float; fix: download the original weights"
+            elif shape != want:
+                why = f"has shape {shape}, config.json says {want}; fix: copy both from one model"
+            elif not all(torch.isfinite(part[r:r + take]).all() for r in rows):
+                why = "holds NaN or inf; fix: use an earlier checkpoint, or download it again"
+            else:
+                continue
+            raise ValueError(f"{path}: tensor {key} {why}")
+
+def check_folder(folder):
+    """Before any work, one line for what a model folder gets wrong."""
+    names = sorted(os.listdir(folder))
+    if "adapter_config.json" in names and "config.json" not in names:
+        try:
+            with open(os.path.join(folder, "adapter_config.json"), "rb") as f:
+                base = json.load(f)["base_model_name_or_path"]
+        except (OSError, ValueError, LookupError, TypeError):
+            base = "unknown"
+        raise OSError(f"{folder} is a LoRA adapter, not a model; fix: pass it as --adapter "
+                      f"(its base model is {base})")
+    missing = [n for n in ("config.json", "tokenizer.json") if n not in names]
+    if missing:
+        raise OSError(f"{folder} is not a PhoGPT model folder (no {' or '.join(missing)}): "
+                      "pass the folder with the model's files")
+    weights = [n for n in names if n.endswith((".index.json", ".safetensors"))]
+    check_files(folder, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                         "config.json", "generation_config.json", *weights])
+    config = PhoGPTConfig.from_pretrained(folder)
+    # bitsandbytes saves 4-bit and 8-bit weights as ints, in other shapes.
+    if getattr(config, "quantization_config", None):
+        return
+    # The shapes config.json asks for, on the meta device: no memory, 0.04 s.
+    with torch.device("meta"):
+        expected = PhoGPTForCausalLM(config).state_dict()
+    for name in weights:
+        if name.endswith(".safetensors"):
+            check_tensors(os.path.join(folder, name), expected)
 
 def load_error_message(name_or_path, err, source, torch_load=False):
     if torch_load:
@@ -444,31 +472,29 @@ def load_error_message(name_or_path, err, source, torch_load=False):
         return (f"{where} is not plain PyTorch weights (damaged, or a pickle with code, "
                 "never run); fix: download it again from a source you trust")
     if source.get("local_files_only"):
-        return (f"{name_or_path} was never downloaded here, and the Hugging Face Hub is "
-                "offline: connect to the internet, or pass the model's folder with --model")
+        return (f"{name_or_path} is not downloaded here and the Hugging Face Hub is offline; "
+                "fix: connect once, pass the model's folder with --model, or try the offline "
+                "tour: python tiny_phogpt.py, then --model tiny-phogpt")
     if not os.path.isdir(name_or_path):
         return (f"could not load {name_or_path} from the Hugging Face Hub: check the model "
                 "id (e.g. vinai/PhoGPT-4B-Chat), or download it once and pass its folder")
-    files = ("config.json", "tokenizer.json")
-    missing = [f for f in files if not os.path.exists(os.path.join(name_or_path, f))]
-    if missing:
-        return (f"{name_or_path} is not a PhoGPT model folder (no {' or '.join(missing)}): "
-                "pass the folder with the model's files")
     first_line = (str(err).splitlines() or [""])[0][:200]
     return f"{name_or_path} could not be loaded as PhoGPT: {first_line}"
-
 
 def load_tokenizer(name_or_path, source=None):
     # Not AutoTokenizer: MptConfig rejects ours.
     source = model_source(name_or_path) if source is None else source
     if os.path.isdir(name_or_path):
-        names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
-        check_files(name_or_path, names)
+        check_folder(name_or_path)
     try:
         return PreTrainedTokenizerFast.from_pretrained(name_or_path, **source)
-    except (OSError, ValueError) as err:
-        raise OSError(load_error_message(name_or_path, err, source)) from None
-
+    except Exception as err:
+        if not os.path.isdir(name_or_path):
+            raise OSError(load_error_message(name_or_path, err, source)) from None
+        # JSON, but not a tokenizer: a KeyError, or tokenizers' own Exception.
+        why = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        raise OSError(f"{os.path.join(name_or_path, 'tokenizer.json')} does not load ({why}); "
+                      "fix: copy it again from the model it came with") from None
 
 def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
                 trust_remote_code=False, quant_type="nf4", double_quant=True):
@@ -479,13 +505,9 @@ def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
         # device_map="cpu" or "cuda:0" says where: pick for that device.
         placed = isinstance(device_map, (str, torch.device)) and device_map != "auto"
         dtype = pick_dtype(device_map if placed else None)
-    # One look at the hub (none for a folder), for tokenizer and model.
+    # One look at the hub (none for a folder); the tokenizer checks a folder first.
     source = model_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path, source)
-    if os.path.isdir(name_or_path):
-        listed = sorted(os.listdir(name_or_path))
-        weights = [n for n in listed if n.endswith((".index.json", ".safetensors"))]
-        check_files(name_or_path, ["config.json", "generation_config.json", *weights])
     kwargs = dict(dtype=dtype, device_map=device_map, **source)
     if load_in != "none":
         # Only when asked: bitsandbytes is slow.

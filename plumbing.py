@@ -4,8 +4,10 @@ Flags and one-line errors (also in a notebook), devices, data rows with file:lin
 folders that never lose a student's files, atomic saves, checkpoints, Ctrl+C, progress lines.
 """
 import argparse
+import contextlib
 import csv
 import difflib
+import errno
 import importlib.util
 import json
 import logging
@@ -18,6 +20,8 @@ import time
 import unicodedata
 import zipfile
 from pathlib import Path
+
+import prompts
 
 # Put back on every way out: a notebook needs its own Ctrl+C handler again.
 SIGINT_BEFORE = signal.getsignal(signal.SIGINT)
@@ -124,12 +128,18 @@ def read_rows(source):
                  "fix: check the path or the name")
         yield from ((f"{source} row {n}", row) for n, row in enumerate(rows, 1))
         return
+    # A name copied from a Mac may be spelled in NFD on disk: try both spellings.
+    spellings = [path, *(Path(unicodedata.normalize(form, source)) for form in ("NFD", "NFC"))]
+    path = next((p for p in spellings if p.is_file()), path)
     try:
         raw = path.read_bytes()
         # utf-8-sig: Excel starts its files with a byte-order mark.
         text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         fail(f"{source}: file not found; fix: check the path")
+    except OSError as err:
+        # A link to itself, no permission, a device: the system's words.
+        fail(f"{source}: can't be read ({err.strerror}); fix: give a plain data file")
     except UnicodeDecodeError as err:
         # Notepad's "Unicode" is UTF-16.
         kind = "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
@@ -137,28 +147,101 @@ def read_rows(source):
     # Vietnamese has two spellings of most accents: NFC makes them one.
     lines = unicodedata.normalize("NFC", text).splitlines(keepends=True)
     if path.suffix == ".csv":
-        reader = csv.DictReader(lines)
-        for row in reader:
+        # Excel in a Vietnamese locale separates fields with ';' (the comma is decimal).
+        header = lines[0] if lines else ""
+        separator = ";" if ";" in header and "," not in header else ","
+        # A long answer is fine: csv's default cap is 128 KB a field.
+        csv.field_size_limit(2**31 - 1)
+        reader = csv.DictReader(lines, delimiter=separator)
+        for row in csv_rows(reader, source):
             where = f"{source}:{reader.line_num}"
             # An unquoted comma makes an extra field: the answer would end there.
             if None in row:
                 fields, header = len(row) + len(row[None]) - 1, len(reader.fieldnames)
                 fail(f"{where}: {fields} fields but the header has {header} (more "
                      'fields than the header); fix: put text with commas in "quotes"')
-            yield where, row
+            yield where, checked_text(row, where)
         return
     # A .jsonl holds one object per line; a .json one list (or object) in all.
     chunks = enumerate(lines, 1) if path.suffix == ".jsonl" else [(0, "".join(lines))]
     for number, chunk in chunks:
+        where = f"{source}:{number or 1}"
         try:
-            rows = [json.loads(chunk)] if chunk.strip() else []
+            rows = [json.loads(chunk, object_pairs_hook=one_of_each)] if chunk.strip() else []
         except json.JSONDecodeError as err:
             fail(f"{source}:{number or err.lineno}: not valid JSON ({err.msg}); fix: one "
                  "object per line (.jsonl), a list of objects (.json)")
+        except RecursionError:
+            fail(f"{where}: brackets nested too deeply; fix: one flat object per row")
+        except ValueError as err:
+            fail(f"{where}: {err}")
         if number == 0 and isinstance(rows[0], list):
             rows = rows[0]
         for item, row in enumerate(rows, 1):
-            yield (f"{source}:{number}" if number else f"{source} item {item}"), row
+            where = f"{source}:{number}" if number else f"{source} item {item}"
+            yield where, checked_text(row, where)
+
+# The rows of a CSV file; what the csv module cannot read (a NUL byte) is one line.
+def csv_rows(reader, source):
+    try:
+        yield from reader
+    except csv.Error as err:
+        fail(f"{source}:{reader.line_num + 1}: {err}; fix: save it again as CSV UTF-8")
+
+# json.loads keeps the last of two equal keys without a word: refuse instead.
+def one_of_each(pairs):
+    keys = [key for key, _ in pairs]
+    twice = [key for key in keys if keys.count(key) > 1]
+    if twice:
+        raise ValueError(f"field '{twice[0]}' appears twice; fix: keep one of them")
+    return dict(pairs)
+
+# Every text in a row, checked: whole characters, no control characters. Text that is only
+# invisible characters (a zero-width space) becomes "", so it counts as empty.
+def checked_text(value, where):
+    if isinstance(value, dict):
+        return {key: checked_text(item, where) for key, item in value.items()}
+    if isinstance(value, list):
+        return [checked_text(item, where) for item in value]
+    if not isinstance(value, str):
+        return value
+    # "\ud83d" alone in JSON is half of an emoji: it cannot be encoded, nor trained.
+    half = re.search(r"[\ud800-\udfff]", value)
+    if half:
+        fail(f"{where}: half a character (\\u{ord(half[0]):04x}, a cut emoji?); fix: "
+             "retype or delete it")
+    control = re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value)
+    if control:
+        fail(f"{where}: a control character (U+{ord(control[0]):04X}) in the text; fix: "
+             "delete it (copied from a binary file?)")
+    if value and all(char.isspace() or prompts.is_invisible(char) for char in value):
+        return ""
+    return value
+
+# Append row (a dict) to a .jsonl data file as one line. ValueError, nothing written, if the
+# file is no JSONL of rows (a model's config.json or weights, notes). A last line without
+# its newline gets one first; a failed write (a full disk) is cut off: the file stays whole.
+def append_row(path, row):
+    path = Path(path)
+    line = json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
+    old = path.read_bytes() if path.is_file() else b""
+    try:
+        rows = [json.loads(text) for text in old.decode("utf-8-sig").splitlines() if text.strip()]
+    except ValueError:
+        rows = [None]
+    if path.suffix != ".jsonl" or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path} is not a .jsonl file of rows")
+    # Unbuffered: a write that fails says so right here.
+    with open(path, "ab", buffering=0) as file:
+        size = file.tell()
+        line = line if old.endswith(b"\n") or not old else b"\n" + line
+        try:
+            if file.write(line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            with contextlib.suppress(OSError):
+                file.truncate(size)
+            raise
 
 # Make these packages unimportable in this process: libraries that use them when installed
 # (peft and trl import bitsandbytes) then carry on without them.
@@ -189,6 +272,8 @@ MARKER, LOCK = ".phogpt-run.json", ".phogpt-run.lock"
 OURS = re.compile(r"checkpoint-\d+|runs|\.phogpt-.*")
 # Folders this process holds: path -> (lock file, made by this run, --overwrite).
 claimed = {}
+# {folder: where make_way put the previous run}, until the new one has moved in.
+set_aside = {}
 
 # A name unique to this run, never a fixed OUTPUT.partial a student may own.
 def temp_name(path):
@@ -240,11 +325,16 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
     if resume and not names:
         fail(f"--resume: {folder} does not exist or holds no run; fix: drop --resume")
     made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    claimed[str(folder)] = claimed.get(str(folder)) or (lock(folder), made, overwrite)
-    if marker is None:
-        made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
-        atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        claimed[str(folder)] = claimed.get(str(folder)) or (lock(folder), made, overwrite)
+        if marker is None:
+            made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
+            atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))
+    except OSError as err:
+        # Read-only, inside a file, a full disk: before any work, one line.
+        fail(f"--output {folder} can't be written ({err.strerror}); fix: pick a folder "
+             "you can write to, on a disk with free space")
     return folder
 
 # The OS frees the lock when the process ends, however it ends: a crash can't leave it stuck.
@@ -263,10 +353,18 @@ def lock(folder):
     return file
 
 # Unlock this process's folders; one this run made and left with nothing finished goes again
-# (our marker, lock and temporary names all start with .phogpt-).
+# (our marker, lock and temporary names all start with .phogpt-). A run that ends having
+# written nothing there (an error, Ctrl+C) puts the run it set aside back.
 def release_outputs(only=None):
     for name in [n for n in claimed if only is None or n == str(only)]:
         file, made, _ = claimed.pop(name)
+        aside = set_aside.pop(name, None)
+        written = [n for n in os.listdir(name) if n not in (MARKER, LOCK)
+                   and not n.startswith(".phogpt-")]
+        for path in aside.iterdir() if aside and not written else []:
+            os.replace(path, Path(name, path.name))
+        if aside and not written:
+            shutil.rmtree(aside, ignore_errors=True)
         file.close()
         if made and all(n.startswith(".phogpt-") for n in os.listdir(name)):
             shutil.rmtree(name, ignore_errors=True)
@@ -315,6 +413,7 @@ def make_way(folder):
         return
     aside = temp_name(Path(folder, "previous-run"))
     aside.mkdir()
+    set_aside[str(folder)] = aside
     for name in os.listdir(folder):
         if not name.startswith(".phogpt-"):
             os.replace(Path(folder, name), aside / name)
@@ -326,6 +425,8 @@ def move_in(staging, folder, last="adapter_config.json"):
         os.replace(path, Path(folder, path.name))
         record(Path(folder, path.name))
     Path(staging).rmdir()
+    # The new run is in: the one set aside is not coming back.
+    set_aside.pop(str(folder), None)
     for name in set(os.listdir(folder)) - {MARKER, LOCK}:
         if name.startswith(".phogpt-"):
             shutil.rmtree(Path(folder, name), ignore_errors=True)
@@ -354,6 +455,9 @@ def whole(path):
             return json.loads(path.read_text(encoding="utf-8")) is not None
         with open(path, "rb") as file:
             size = int.from_bytes(file.read(8), "little")
+            # Garbage can claim a header of exabytes: never read past the file.
+            if size > os.path.getsize(path):
+                return False
             header = json.loads(file.read(size))
         ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
         return os.path.getsize(path) == 8 + size + max(ends, default=0)
@@ -446,3 +550,102 @@ def progress_lines(describe, redraw=None, every_s=10):
                 self.drawn = now
 
     return Lines()
+
+# ---- one training run, the same in every script: resume, train, save ----
+# A field of a data row: text, not empty, in NFC (hub rows are not normalised on reading).
+def text_field(row, field, where, fix):
+    value = row.get(field)
+    if not isinstance(value, str) or not value.strip():
+        problem = "missing" if value is None else "empty or not text"
+        fail(f"{where}: field '{field}' is {problem}; fix: {fix}")
+    return unicodedata.normalize("NFC", value)
+
+# --resume continues the run `settings` describe (run.json), never another: one line names
+# what changed. "x_sha256" compares the content of "x" (a moved file is the same data).
+# Returns the steps done; a run that has its adapter already is refused.
+def same_run(folder, last, settings, total_steps):
+    before = (read_json(Path(folder) / "run.json") or {}) if last else {}
+    for key, value in settings.items():
+        if f"{key}_sha256" in settings or before.get(key, value) == value:
+            continue
+        name = key.removesuffix("_sha256")
+        fail(f"--resume: this run trained with {name} {before[name]}, not {settings[name]}; "
+             "fix: resume with the same flags and data, or start afresh with --overwrite")
+    done = read_json(Path(last) / "trainer_state.json")["global_step"] if last else 0
+    if done >= total_steps and (Path(folder) / "adapter_config.json").exists():
+        fail(f"--resume: {Path(last).name} already reached step {done} of {total_steps}; "
+             "fix: raise --epochs (or --max-steps) to train longer, or drop --resume")
+    return done
+
+# Train, from the last checkpoint if there is one. Only now (input valid, model loaded)
+# does an old run make way. finished: training ended but the final save failed, so the
+# last checkpoint is loaded, not trained again. Ctrl+C saves a checkpoint and exits 130.
+def train(trainer, folder, settings, last, finished):
+    import torch
+    make_way(folder)
+    if RANK == 0:
+        atomic_write(Path(folder) / "run.json", json.dumps(settings, ensure_ascii=False))
+    stop = ctrl_c_saves()
+    trainer.add_callback(stop)
+    try:
+        if not finished:
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
+        else:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+            from transformers import TrainerState
+            weights = load_file(Path(last) / "adapter_model.safetensors")
+            set_peft_model_state_dict(trainer.model, weights)
+            trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+    except KeyboardInterrupt:
+        release_outputs()
+        say(f"stopped at once by a second Ctrl+C; the last complete checkpoint in {folder} "
+            "is kept (rerun with --resume)")
+        sys.exit(130)
+    except torch.OutOfMemoryError:
+        fail("out of GPU memory; fix: halve --batch-size, or lower --max-length")
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        again = "--resume" if last_checkpoint(folder)[0] else "--overwrite"
+        fail(f"could not write a checkpoint in {folder} (the disk is full); "
+             f"fix: free some disk space, then rerun with {again}")
+    finally:
+        # A run that stops early leaves its bar open: what follows gets its own line.
+        for callback in trainer.callback_handler.callbacks:
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
+    # While saving, Ctrl+C waits: a half-saved adapter would look finished.
+    on_ctrl_c(signal.SIG_IGN)
+    if stop.interrupted and trainer.state.global_step < trainer.state.max_steps:
+        say(f"stopped by Ctrl+C at step {trainer.state.global_step}; checkpoint saved in "
+            f"{folder}; rerun with --resume")
+        release_outputs()
+        on_ctrl_c(None)
+        sys.exit(130)
+    # torchrun: only the first process saves and reports; no collective calls after this.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        if RANK != 0:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # A normal exit can abort in the process group's C++ teardown.
+            os._exit(0)
+
+# Save the adapter, its tokenizer and files ({name: text}) under a name of this run, then
+# move them in, adapter_config.json last. A full disk: --resume then only saves.
+def save_adapter(model, tokenizer, folder, files=None, **kwargs):
+    staging = temp_name(Path(folder) / "adapter")
+    try:
+        model.save_pretrained(staging, **kwargs)
+        tokenizer.save_pretrained(staging)
+        # peft's own README.md is an empty template: the script writes the card.
+        (staging / "README.md").unlink(missing_ok=True)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        move_in(staging, folder)
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        fail(f"could not save the adapter in {folder} (the disk is full); fix: free some "
+             "disk space, then rerun with --resume (it only saves)")

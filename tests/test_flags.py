@@ -23,7 +23,7 @@ ACCEPTED = {
     ("--lora-dropout", "0"): "no dropout",
     ("--temperature", "0"): "greedy decoding",
     ("--top-k", "0"): "sample among all tokens",
-    ("--max-steps", "-1"): "-1 means: use --epochs",
+    ("--max-steps", "0"): "0 means: use --epochs",
     ("--recall-limit", "0"): "0 means: check every answer",
     ("--recall-limit", "-1"): "-1 means: check none",
     ("--recall-limit", "1000000000000"): "more than there are: check all",
@@ -60,8 +60,10 @@ for action in parser._actions:
     flag = max(action.option_strings, key=len)
     if action.choices:
         cases.append((flag, "bogus-choice"))
-    elif action.type in (int, float):
-        cases += [(flag, v) for v in ("0", "-1", absurd[action.type]) if (flag, v) not in accepted]
+    # plumbing.between(low, high, kind) types carry their kind's name.
+    elif getattr(action.type, "__name__", "") in ("int", "float"):
+        kind = int if action.type.__name__ == "int" else float
+        cases += [(flag, v) for v in ("0", "-1", absurd[kind]) if (flag, v) not in accepted]
 cases.append(("--no-such-flag", None))
 
 for flag, value in cases:

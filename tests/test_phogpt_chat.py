@@ -330,8 +330,13 @@ def forced_pieces(model, tokenizer, text, monkeypatch, max_new_tokens=60):
         return forced
 
     generate = model.generate
-    monkeypatch.setattr(model, "generate", lambda *args, **kwargs: generate(
-        *args, logits_processor=LogitsProcessorList([force]), **kwargs))
+
+    def forced_generate(*args, logits_processor=(), **kwargs):
+        # the chat's own processors (the NaN check) run after the forcing
+        forcing = LogitsProcessorList([force, *logits_processor])
+        return generate(*args, logits_processor=forcing, **kwargs)
+
+    monkeypatch.setattr(model, "generate", forced_generate)
     ids, _ = phogpt_chat.fit_history(tokenizer, [{"role": "user", "content": "Xin chào"}], 400)
     state = fresh_state()
     pieces = list(phogpt_chat.stream_answer(model, tokenizer, ids, state,
@@ -531,11 +536,14 @@ def test_terminal_chat_through_a_pseudo_terminal(model_dir, adapter_dir, tmp_pat
         os.kill(pid, signal.SIGINT)  # Ctrl+C (what the terminal sends) at the prompt does not quit
         assert "Ctrl+D" in read_until(fd, r"thoát\)\s+Bạn: ")
         # Every failing command is one line, and the chat goes on with its conversation.
+        # a full disk: /dev/full under a .jsonl name
+        full = tmp_path / "full.jsonl"
+        full.symlink_to("/dev/full")
         bad_paths = [
             tmp_path / "no-such-folder" / "chat.jsonl",
             tmp_path,
             unwritable_file(tmp_path),
-            "/dev/full",
+            full,
         ]
         for path in bad_paths:
             os.write(fd, f"/save {path}\n".encode())
@@ -651,68 +659,92 @@ def listening_addresses(port):
     return found
 
 
-def test_gradio_page_streams_answers_on_loopback_only(model_dir, adapter_dir):
-    from gradio_client import Client
-    from gradio_client.exceptions import AppError
-
+@pytest.fixture(scope="module")
+def page(model_dir, adapter_dir, tmp_path_factory):
+    """python phogpt_chat.py --ui in the background: (url, port, its terminal's log file)."""
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "phogpt_chat.py"),
-            "--model",
-            model_dir,
-            "--adapter",
-            adapter_dir,
-            "--ui",
-            "--port",
-            str(port),
-            "--temperature",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
-    )
+    log = tmp_path_factory.mktemp("page") / "server.log"
+    flags = ["--model", model_dir, "--adapter", adapter_dir, "--ui", "--port", str(port)]
+    with open(log, "w", encoding="utf-8") as out:
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "phogpt_chat.py"), *flags, "--temperature", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+            cwd=ROOT,
+        )
     try:
         end = time.time() + 180
         while True:
-            assert server.poll() is None and time.time() < end, (
-                server.stdout.read() if server.poll() else "slow"
-            )
+            assert server.poll() is None, log.read_text(encoding="utf-8")
+            assert time.time() < end, "the page did not start in 180 s"
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.3)
-        assert listening_addresses(port) == ["0100007F"]  # 127.0.0.1, nothing else
-        busy = run_chat("--model", model_dir, "--ui", "--port", str(port))
-        assert busy.returncode == 1 and f"--port {port} is already in use" in busy.stderr
-        assert "Traceback" not in busy.stderr
-
-        # API: message, then the system prompt and the five settings; back come (answer, status)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        settings = dict(
-            system="", temperature=0, top_p=0.9, top_k=50, repetition_penalty=1.0, max_new_tokens=60
-        )
-        reply, status = client.predict("Xin chào", *settings.values(), api_name="/respond")
-        assert reply == GREETING and "tok/s" in status
-        client = Client(
-            f"http://127.0.0.1:{port}/", verbose=False
-        )  # a new session: the chat so far is per session
-        job = client.submit("Tạm biệt", *settings.values(), api_name="/respond")
-        partial = [update[0] for update in job]
-        assert partial[-1] == "Hẹn gặp lại!" and len(partial) > 2  # streamed
-        assert all(partial[-1].startswith(p) for p in partial)
-        # out-of-range settings from an API client: refused with a message, and the page goes on
-        with pytest.raises(AppError, match="less than minimum"):
-            client.predict("Xin chào", "", -1, 0.9, 50, 1.0, 60, api_name="/respond")
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        assert client.predict("Xin chào", *settings.values(), api_name="/respond")[0] == GREETING
+        yield f"http://127.0.0.1:{port}/", port, log
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# API: message, then the system prompt and the five settings; back come (answer, status)
+SETTINGS = dict(
+    system="", temperature=0, top_p=0.9, top_k=50, repetition_penalty=1.0, max_new_tokens=60
+)
+
+
+def test_gradio_page_streams_answers_on_loopback_only(page, model_dir):
+    from gradio_client import Client
+
+    url, port, log = page
+    assert listening_addresses(port) == ["0100007F"]  # 127.0.0.1, nothing else
+    busy = run_chat("--model", model_dir, "--ui", "--port", str(port))
+    assert busy.returncode == 1 and f"--port {port} is already in use" in busy.stderr
+    assert "Traceback" not in busy.stderr
+
+    client = Client(url, verbose=False)
+    reply, status = client.predict("Xin chào", *SETTINGS.values(), api_name="/respond")
+    assert reply == GREETING and "tok/s" in status
+    # a new session: the chat so far is per session
+    client = Client(url, verbose=False)
+    job = client.submit("Tạm biệt", *SETTINGS.values(), api_name="/respond")
+    partial = [update[0] for update in job]
+    assert partial[-1] == "Hẹn gặp lại!" and len(partial) > 2  # streamed
+    assert all(partial[-1].startswith(p) for p in partial)
+    assert "Traceback" not in log.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("temperature", -1),
+        ("temperature", "nhiều"),
+        ("temperature", "0.5"),
+        ("top_p", -0.5),
+        ("top_p", None),
+        ("top_k", 1e9),
+        ("repetition_penalty", [1]),
+        ("max_new_tokens", 0),
+    ],
+)
+def test_a_bad_setting_from_an_api_client_gets_one_line(page, name, value):
+    """The page's sliders keep a browser in range; a script can send anything to the server."""
+    from gradio_client import Client
+
+    url, _, log = page
+    before = log.read_text(encoding="utf-8")
+    client = Client(url, verbose=False)
+    reply, status = client.predict(
+        "Xin chào", *{**SETTINGS, name: value}.values(), api_name="/respond"
+    )
+    # in the chat: what is wrong, in Vietnamese; in the server's terminal: one line
+    assert reply.startswith("⚠️ Lỗi:") and "phải là một số" in reply, reply
+    time.sleep(0.5)
+    printed = log.read_text(encoding="utf-8")[len(before):].strip().splitlines()
+    assert len(printed) == 1 and "Traceback" not in printed[0], printed
+    # the page goes on
+    assert client.predict("Xin chào", *SETTINGS.values(), api_name="/respond")[0] == GREETING
 
 
 def test_bad_input_gets_one_line(model_dir, adapter_dir, tmp_path):
@@ -729,9 +761,9 @@ def test_bad_input_gets_one_line(model_dir, adapter_dir, tmp_path):
     weights = (truncated / "adapter_model.safetensors").read_bytes()
     (truncated / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
     cases = [
-        (["--adapter", str(empty)], "no adapter_config.json in"),
-        (["--adapter", str(damaged)], "adapter_config.json is damaged"),
-        (["--adapter", str(truncated)], "adapter_model.safetensors is damaged"),
+        (["--adapter", str(empty)], "adapter_config.json is missing or damaged"),
+        (["--adapter", str(damaged)], "adapter_config.json is missing or damaged"),
+        (["--adapter", str(truncated)], "adapter_model.safetensors is missing or damaged"),
         (["--device", "cuda" if not torch.cuda.is_available() else "mps"], "GPU"),
         (["--adapter", adapter_dir, "--model", other], "was trained on"),
         (["--max-length", "0"], "--max-length must be between 16"),
@@ -767,3 +799,67 @@ def test_bad_input_gets_one_line(model_dir, adapter_dir, tmp_path):
         )
         lines = done.stderr.decode().strip().splitlines()
         assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+
+
+@pytest.mark.parametrize("adapter", ["phogpt-adapter", "lop-12a/my-adapter"])
+def test_chatting_before_training_says_train_first(adapter, tmp_path):
+    """The README's chat command, typed before phogpt_qlora.py made the adapter."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "phogpt_chat.py"), "--adapter", adapter],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "train first" in lines[0]
+    assert "fix: train first: python phogpt_qlora.py --data " in lines[0]
+    assert lines[0].endswith(f"--output {adapter}"), lines
+
+
+CHAT = [{"role": "user", "content": "Xin chào"}, {"role": "assistant", "content": GREETING}]
+ROW = {"messages": CHAT}
+
+
+@pytest.mark.parametrize(
+    "before",
+    ["", json.dumps(ROW) + "\n", json.dumps(ROW), json.dumps(ROW) + "\r\n", "\n" + json.dumps(ROW)],
+)
+def test_save_adds_one_whole_row(before, tmp_path):
+    """/save onto a JSONL, whether or not its last line ends with a newline."""
+    path = tmp_path / "chats.jsonl"
+    path.write_bytes(before.encode())
+    notice = phogpt_chat.save_chat(str(path), CHAT, "")
+    assert notice.startswith("(đã thêm hội thoại này, 1 lượt"), notice
+    text = path.read_bytes().decode()
+    assert text.startswith(before) and text.endswith("\n")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert rows == [ROW] * (2 if before.strip() else 1)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("config.json", b'{"model_type": "mpt", "d_model": 3072}\n'),
+        ("adapter_config.json", b"{}"),
+        ("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "),
+        ("notes.txt", b"ghi chu\n"),
+        ("chats.jsonl", b"ghi chu, khong phai JSON\n"),
+        ("chats.jsonl", json.dumps(ROW).encode() + b"\n[1, 2]\n"),
+        ("chats.jsonl", b"\xff\xfe{\x00}\x00"),
+        ("folder.jsonl", None),
+    ],
+)
+def test_save_refuses_a_file_that_is_not_chats(name, content, tmp_path):
+    """/save into a model's config or weights, or any file that is not a JSONL of rows."""
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    notice = phogpt_chat.save_chat(str(path), CHAT, "")
+    assert notice.startswith("(không lưu được: ") and "\n" not in notice, notice
+    if content is not None:
+        assert path.read_bytes() == content  # untouched

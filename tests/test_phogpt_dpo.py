@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import prompts  # noqa: E402
-from phogpt_model import load_phogpt  # noqa: E402
+from phogpt_model import load_phogpt, load_tokenizer  # noqa: E402
 from tiny_phogpt import save_tiny_checkpoint  # noqa: E402
 
 SCRIPT = str(ROOT / "phogpt_dpo.py")
@@ -213,7 +213,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     # Resuming with other data would mix two runs: refused in one line.
     other = write_jsonl(tmp_path / "other.jsonl", PAIRS[:3])
     code, out, err = run_here(capsys, *common, "--data", other, "--output", cut, "--resume")
-    assert_one_line(code, err, "differs", "(data)")
+    assert_one_line(code, err, f"trained with data {data}, not {other}")
 
 
 BAD_FLAGS = [
@@ -356,3 +356,22 @@ def test_a_file_that_is_not_there_or_not_utf8_gets_one_line(sft, tmp_path, capsy
         code, out, err = run_here(capsys, "--adapter", sft, "--data", tmp_path / name,
                                   "--output", tmp_path / "out")
         assert_one_line(code, err, name, message)
+
+
+# Issue 22: a --max-length that cuts </s> off every answer teaches a model that never stops.
+@pytest.mark.parametrize("room", ["not even the prompt", "part of every answer"])
+def test_a_max_length_that_cuts_the_end_off_every_answer_is_refused(tiny, sft, data, tmp_path,
+                                                                    capsys, room):
+    tokenizer = load_tokenizer(str(tiny))
+    # Prompt, answer and </s>, in tokens, as trl puts them together: the longer answer counts.
+    whole = []
+    for pair in PAIRS:
+        prompt = prompts.generation_prompt([{"role": "user", "content": pair["prompt"]}], "</s>")
+        whole.append(max(len(tokenizer(prompt + " " + pair[answer] + "</s>").input_ids)
+                         for answer in ("chosen", "rejected")))
+    max_length = 8 if room == "not even the prompt" else min(whole) - 1
+    code, out, err = run_here(capsys, "--adapter", sft, "--data", data, "--max-steps", 1,
+                              "--output", tmp_path / "out", "--max-length", max_length)
+    assert_one_line(code, err, f"--max-length {max_length} cuts the end (</s>) off every answer",
+                    f"fix: --max-length {max(whole)} keeps them whole")
+    assert not (tmp_path / "out").exists()

@@ -764,6 +764,90 @@ def test_a_damaged_file_is_one_line_naming_it_and_the_fix(tiny_phogpt, tmp_path,
         assert str(folder / name) in message and "fix:" in message
 
 
+WQKV = "transformer.blocks.0.attn.Wqkv.weight"
+
+
+def spoil_tensor(change):
+    """Rewrite model.safetensors with the first block's Wqkv weight changed."""
+
+    def spoil(folder, monkeypatch):
+        state = load_file(folder / "model.safetensors")
+        state[WQKV] = change(state[WQKV]).contiguous()
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        return str(folder), ["model.safetensors", WQKV]
+
+    return spoil
+
+
+def spoil_tokenizer(folder, monkeypatch):
+    # Valid JSON, but no tokenizer: the model section is gone.
+    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    del tokenizer["model"]
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    return str(folder), ["tokenizer.json"]
+
+
+def adapter_as_model(folder, monkeypatch):
+    # A LoRA adapter saved as phogpt_qlora.py saves it, then passed as --model.
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_phogpt(str(folder))
+    adapter = folder.parent / "adapter"
+    get_peft_model(model, LoraConfig(target_modules=["Wqkv"])).save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    return str(adapter), ["is a LoRA adapter", "--adapter", f"its base model is {folder}"]
+
+
+def offline_hub_id(folder, monkeypatch):
+    from huggingface_hub import constants
+
+    # HF_HUB_OFFLINE=1, as on a plane; an id no cache here holds.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return "vinai/PhoGPT-never-downloaded", ["python tiny_phogpt.py", "--model tiny-phogpt"]
+
+
+# How a model folder can lie: each is one line naming the file (and tensor), with the fix.
+LYING_FOLDERS = {
+    "int8 weight": spoil_tensor(lambda w: (w * 100).to(torch.int8)),
+    "all-NaN weight": spoil_tensor(lambda w: torch.full_like(w, float("nan"))),
+    "one inf in a weight": spoil_tensor(lambda w: w.index_fill(0, torch.tensor([0]), math.inf)),
+    "wrong shape": spoil_tensor(lambda w: w[:, :32]),
+    "malformed tokenizer.json": spoil_tokenizer,
+    "adapter folder as the model": adapter_as_model,
+    "offline hub id": offline_hub_id,
+}
+
+
+@pytest.mark.parametrize("case", LYING_FOLDERS)
+def test_a_folder_that_lies_is_one_line_before_any_work(tiny_phogpt, tmp_path, monkeypatch, case):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_phogpt, folder)
+    name, words = LYING_FOLDERS[case](folder, monkeypatch)
+    # Said before any work: the weights are never loaded.
+    monkeypatch.setattr(PhoGPTForCausalLM, "from_pretrained", None)
+    with pytest.raises((OSError, ValueError)) as err:
+        load_phogpt(name)
+    message = str(err.value)
+    assert "\n" not in message and "fix:" in message, message
+    assert name in message and all(word in message for word in words), message
+
+
+def test_chat_on_a_lying_model_prints_one_error_line(tiny_phogpt, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_phogpt, folder)
+    LYING_FOLDERS["all-NaN weight"](folder, None)
+    chat = [sys.executable, "phogpt_chat.py", "--model", str(folder), "--prompt", "x"]
+    done = subprocess.run(chat, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1 and WQKV in errors[0] and "NaN" in errors[0], done.stderr
+    assert done.stdout == ""
+
+
 def test_a_pickle_holding_code_is_refused_in_one_line_and_never_run(tiny_phogpt, tmp_path):
     import pickle
     import shutil

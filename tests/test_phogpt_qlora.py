@@ -520,3 +520,81 @@ def test_phogpt_chat_loads_the_adapter(tiny, trained):
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert answer in done.stdout
+
+
+# ---- issue 22, what the model learns: every answer ends in </s>; held-out rows are held out ----
+def dry_run_lengths(capsys, tiny, data):
+    """(shortest, longest) example of data in tokens, as the dry run counts them."""
+    code, out, err = run_here(capsys, "--model", tiny, "--data", data, "--dry-run")
+    assert code == 0, err
+    found = re.search(r"tokens min (\d+), median \d+, max (\d+)", out)
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.parametrize("mode", [[], ["--dry-run"]], ids=["train", "dry-run"])
+@pytest.mark.parametrize("cut", ["--data", "--eval-data"])
+def test_a_max_length_that_cuts_the_end_off_every_answer_is_refused(tiny, faq, tmp_path, capsys,
+                                                                    cut, mode):
+    # The same questions with long answers: every one longer than the longest FAQ example.
+    long_rows = [{"question": q, "answer": " ".join([a] * 4)} for q, a in FAQ]
+    long = write_jsonl(tmp_path / "long.jsonl", long_rows)
+    faq_shortest, faq_longest = dry_run_lengths(capsys, tiny, faq)
+    long_shortest, long_longest = dry_run_lengths(capsys, tiny, long)
+    assert long_shortest > faq_longest and faq_shortest - 1 >= 16
+    # A model that never sees </s> never learns to stop: one line, with the length that fits.
+    if cut == "--data":
+        flags, max_length, fits, name = [], faq_shortest - 1, faq_longest, faq
+    else:
+        flags, max_length, fits, name = ["--eval-data", long], faq_longest, long_longest, long
+    code, out, err = run_here(capsys, "--model", tiny, "--data", faq, *flags, "--output",
+                              tmp_path / "out", "--max-length", max_length, "--max-steps", 1,
+                              *mode)
+    assert_one_error_line(code, err, f"{name}: --max-length {max_length} cuts the end (</s>)",
+                          f"fix: --max-length {fits} keeps them whole")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_max_length_that_cuts_some_answers_is_a_notice_with_the_length_that_fits(tiny, faq,
+                                                                                   capsys):
+    shortest, longest = dry_run_lengths(capsys, tiny, faq)
+    code, out, err = run_here(capsys, "--model", tiny, "--data", faq, "--dry-run",
+                              "--max-length", longest - 1)
+    assert code == 0, err
+    assert re.search(rf"[1-5] truncated by --max-length {longest - 1} \({longest} keeps all\)",
+                     out), out
+
+
+def write_csv(path, rows):
+    import csv
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["question", "answer"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+HELD_OUT_IS_TRAINING = {  # --eval-data, given the --data file and its rows; --dry-run or not
+    "the same file": (lambda faq, rows, tmp: faq, []),
+    "a copy": (lambda faq, rows, tmp: write_jsonl(tmp / "copy.jsonl", rows), ["--dry-run"]),
+    "the same rows as CSV": (lambda faq, rows, tmp: write_csv(tmp / "faq.csv", rows), []),
+    "some of its rows": (lambda faq, rows, tmp: write_jsonl(tmp / "some.jsonl", rows[3:]),
+                         ["--dry-run"]),
+}
+
+
+@pytest.mark.parametrize("how", HELD_OUT_IS_TRAINING)
+def test_eval_data_that_is_the_training_data_is_refused(tiny, faq, tmp_path, capsys, how):
+    make, mode = HELD_OUT_IS_TRAINING[how]
+    held_out = make(faq, [{"question": q, "answer": a} for q, a in FAQ], tmp_path)
+    code, out, err = run_here(capsys, "--model", tiny, "--data", faq, "--eval-data", held_out,
+                              "--output", tmp_path / "out", "--max-steps", 1,
+                              "--recall-limit", -1, *mode)
+    assert_one_error_line(code, err, f"--eval-data {held_out}",
+                          "a held-out score on the training data")
+    assert not (tmp_path / "out").exists()
+    # One trained row among held-out ones is a notice: the score still means something.
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"question": q, "answer": a}
+                                                  for q, a in [FAQ[0], *REPHRASED]])
+    code, out, err = run_here(capsys, "--model", tiny, "--data", faq, "--eval-data", mixed,
+                              "--dry-run")
+    assert code == 0 and "lưu ý: 1/3 dòng của --eval-data cũng có trong --data" in err, err

@@ -135,7 +135,12 @@ def test_held_out_eval_during_4bit_training_changes_no_gradient(tiny_phogpt, tmp
     common = ["--model", tiny_phogpt, *T4, "--dtype", "fp32", "--epochs", 4, "--lr", "1e-2",
               "--lora-dropout", 0, "--recall-limit", -1]
     run("phogpt_qlora.py", *common, "--output", tmp_path / "plain")
-    done = run("phogpt_qlora.py", *common, "--output", tmp_path / "eval", "--eval-data", FAQ_FILE)
+    # Held out: two questions asked another way (the training rows themselves are refused).
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"question": "Cho mình hỏi: " + q, "answer": a},
+                                           ensure_ascii=False) + "\n" for q, a in FAQ[:2]),
+                        encoding="utf-8")
+    done = run("phogpt_qlora.py", *common, "--output", tmp_path / "eval", "--eval-data", held_out)
     assert "held-out questions" in done.stdout
     plain, evaluated = load_adapter(tmp_path / "plain"), load_adapter(tmp_path / "eval")
     for name in plain:
