@@ -352,8 +352,9 @@ def lock(folder):
              "fix: wait for it to end, or pick another --output")
     return file
 
-# Unlock this process's folders; one this run made and left empty goes again. A run that
-# ends having written nothing there (an error, Ctrl+C) puts the run it set aside back.
+# Unlock this process's folders; one this run made and left with nothing finished goes again
+# (our marker, lock and temporary names all start with .phogpt-). A run that ends having
+# written nothing there (an error, Ctrl+C) puts the run it set aside back.
 def release_outputs(only=None):
     for name in [n for n in claimed if only is None or n == str(only)]:
         file, made, _ = claimed.pop(name)
@@ -365,7 +366,7 @@ def release_outputs(only=None):
         if aside and not written:
             shutil.rmtree(aside, ignore_errors=True)
         file.close()
-        if made and set(os.listdir(name)) <= {MARKER, LOCK}:
+        if made and all(n.startswith(".phogpt-") for n in os.listdir(name)):
             shutil.rmtree(name, ignore_errors=True)
 
 # What we write into a marked folder is listed there as ours.
@@ -381,8 +382,9 @@ def record(path):
 def disk_full(err):
     if isinstance(err, OSError) and err.errno in (28, 27, 122):
         return True
-    # safetensors and torch.save report it in their own words.
-    signs = ("os error 28", "os error 27", "No space left", "failed writing", "unexpected pos")
+    # safetensors, torch.save and numpy's tofile (a GGUF) report it in their own words.
+    signs = ("os error 28", "os error 27", "No space left", "failed writing", "unexpected pos",
+             "requested and")
     return any(sign in str(err) for sign in signs)
 
 
@@ -404,14 +406,17 @@ def atomic_write(path, data):
 
 # With --overwrite the previous run is set aside, and deleted once the new one is saved.
 # Call it once the input is valid and the model loaded: a typo never costs the old run.
+# Our temporary names stay (a staging folder of this run among them): a script that stages
+# its whole output calls this just before move_in, so a failed run keeps the previous one.
 def make_way(folder):
     if RANK != 0 or not claimed.get(str(folder), (0, 0, False))[2]:
         return
     aside = temp_name(Path(folder, "previous-run"))
     aside.mkdir()
     set_aside[str(folder)] = aside
-    for name in set(os.listdir(folder)) - {MARKER, LOCK, aside.name}:
-        os.replace(Path(folder, name), aside / name)
+    for name in os.listdir(folder):
+        if not name.startswith(".phogpt-"):
+            os.replace(Path(folder, name), aside / name)
 
 # Move staging's files into folder, `last` last: the scripts look for it, so the folder
 # never looks finished before it is. Then what earlier runs set aside goes.

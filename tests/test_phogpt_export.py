@@ -6,9 +6,12 @@ The tiny models have 6 heads, so ALiBi's slope interleave (heads not a power of 
 """
 import json
 import logging
+import ctypes
 import os
+import resource
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import unicodedata
@@ -57,23 +60,29 @@ def ask(question):
     return prompts.generation_prompt([{"role": "user", "content": question}], "</s>")
 
 
-def run(*args):
+def run(*args, preexec_fn=None):
     """Run the script as a student would; return the finished process (text output)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn)
 
 
 def run_here(capsys, *args):
     """Run the script in this process (torch is already imported); return (code, out, err)."""
     argv, sys.argv = sys.argv, [SCRIPT, *map(str, args)]
+    # the script sets its own Ctrl+C handler: pytest's comes back after it
+    ctrl_c = signal.getsignal(signal.SIGINT)
     try:
         runpy.run_path(SCRIPT, run_name="__main__")
         code = 0
     except SystemExit as exit:
         code = exit.code
+    except KeyboardInterrupt:
+        # a traceback for the student: this test fails, the others still run
+        code = "KeyboardInterrupt"
     finally:
         sys.argv = argv
+        signal.signal(signal.SIGINT, ctrl_c)
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -406,7 +415,8 @@ def test_merged_adapter_answers_the_faq_in_llama_cpp(bases, adapter, tmp_path, c
             assert render_with_go(template, conversation, tmp_path) == expected
     assert f'PARAMETER stop """{prompts.STOP_STRINGS["chat"]}"""' in modelfile
     assert 'PARAMETER stop "</s>"' in modelfile
-    for line in ["temperature 1.0", "top_p 0.9", "top_k 50", "num_ctx 2048"]:
+    # the tiny base learned 512 positions: the context never promises more
+    for line in ["temperature 1.0", "top_p 0.9", "top_k 50", "num_ctx 512"]:
         assert f"PARAMETER {line}\n" in modelfile
     readme = (tmp_path / "g" / "README.md").read_text(encoding="utf-8")
     assert "ollama create" in readme and "llama-cli -m phogpt-f32.gguf" in readme
@@ -442,15 +452,15 @@ def test_bad_input_gets_one_line(bases, tmp_path):
     a_file.write_text("x", encoding="utf-8")
     cases = [
         (["--adapter", tmp_path / "nowhere"], "no adapter_config.json"),
-        (["--model", four_bit, "--output", tmp_path / "o"], "full-precision weights"),
+        (["--model", four_bit, "--output", tmp_path / "o"], "full-precision base"),
         (["--model", bases["biases"], "--gguf", "q5_k"], "invalid choice"),
         (["--model", bases["biases"], "--output", taken], "which no run of ours made"),
         (["--model", bases["biases"], "--output", taken, "--overwrite"],
          "which no run of ours made"),
         (["--model", bases["biases"], "--output", a_file], "is a file"),
         (["--model", bases["biases"], "--load-in", "4bit"], "unrecognized arguments"),
-        (["--model", bases["biases"], "--gguf", "none"], "nothing to export"),
-        (["--model", bases["biases"], "--merge"], "--merge needs an adapter"),
+        (["--model", bases["biases"], "--gguf", "none"], "need an adapter to merge"),
+        (["--model", bases["biases"], "--merge"], "need an adapter to merge"),
         (["--model", bases["biases"], "--output", Path(bases["biases"]).parent, "--overwrite"],
          "holds --model"),
     ]
@@ -492,3 +502,153 @@ def test_export_never_touches_the_students_own_folders_beside_output(tmp_path, c
     for folder, text in mine.items():
         assert (folder / "thesis.txt").read_text(encoding="utf-8") == text
     assert listing(tmp_path / "export") == ["Modelfile", "README.md", "phogpt-f16.gguf"]
+
+
+# ---- issue 22: the context, Ctrl+C, a full disk, a read-only --output ----
+def small_model(path, **shape):
+    """A small random PhoGPT whose weights (~0.2 MB) outgrow the 64 KiB 'disk' below."""
+    return save_tiny_checkpoint(str(path), ["xin chào"], d_model=64, n_heads=4, **shape)
+
+
+def snapshot(folder):
+    """Every file in a folder, our marker and lock included, as bytes."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("max_seq_len", [8, 100, 300, 512, 4096])
+def test_the_modelfile_never_promises_more_context_than_the_model_has(max_seq_len, tmp_path,
+                                                                    capsys):
+    """A model that learned 8 positions once got a Modelfile saying num_ctx 2048."""
+    model = small_model(tmp_path / "model", max_seq_len=max_seq_len)
+    output = tmp_path / "export"
+    code, out, err = run_here(capsys, "--model", model, "--gguf", "f16", "--output", output)
+    if max_seq_len < 256:
+        # too short for a question and its answer: one line, nothing written
+        assert_one_error_line(code, err)
+        assert "too short to chat" in str(code) + err and "max_seq_len" in str(code) + err
+        assert not output.exists()
+        return
+    assert code == 0, out + err
+    context = min(2048, max_seq_len)
+    modelfile = (output / "Modelfile").read_text(encoding="utf-8")
+    assert f"PARAMETER num_ctx {context}\n" in modelfile
+    readme = (output / "README.md").read_text(encoding="utf-8")
+    assert f"-c {context} " in readme and f"n_ctx={context}," in readme
+    assert "2048" not in readme or context == 2048
+    reader = gguf.GGUFReader(output / "phogpt-f16.gguf")
+    assert reader.fields["mpt.context_length"].contents() == max_seq_len
+
+
+CTRL_C_MOMENTS = {
+    "header": ("gguf", "GGUFWriter.write_header_to_file"),
+    "tensors": ("gguf", "GGUFWriter.write_tensor_data"),
+    "quantising": ("llama_cpp", "llama_model_quantize"),
+}
+
+
+@pytest.mark.parametrize("before", ["nothing", "an export"])
+@pytest.mark.parametrize("moment", list(CTRL_C_MOMENTS))
+def test_ctrl_c_while_writing_stops_in_one_line_and_keeps_the_old_export(moment, before,
+                                                                         tmp_path, capsys,
+                                                                         monkeypatch):
+    model = small_model(tmp_path / "model")
+    output = tmp_path / "export"
+    if before == "an export":
+        export(capsys, tmp_path, "--model", model, "--gguf", "f16", "--output", output)
+    kept = snapshot(output) if output.exists() else None
+    module, name = CTRL_C_MOMENTS[moment]
+    owner = sys.modules[module]
+    for part in name.split(".")[:-1]:
+        owner = getattr(owner, part)
+    attribute = name.split(".")[-1]
+    original = getattr(owner, attribute)
+
+    def pressed(*args, **kwargs):
+        # the student presses Ctrl+C: the real signal, to this process
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attribute, pressed)
+    code, out, err = run_here(capsys, "--model", model, "--gguf", "q4_k_m", "--output", output,
+                              "--overwrite")
+    assert code == 130, (code, out, err)
+    assert "stopped by Ctrl+C" in out and "Traceback" not in out + err
+    if kept is None:
+        # nothing half-written: the folder this run made is gone again
+        assert not output.exists()
+    else:
+        assert snapshot(output) == kept and sorted(os.listdir(output)) == sorted(kept)
+
+
+def limit_file_size():
+    """A full disk, as the script sees it: writes past 64 KiB fail (EFBIG, not a signal)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small model and a LoRA adapter on it (untrained: merging needs only its shape)."""
+    from peft import LoraConfig, get_peft_model
+    root = tmp_path_factory.mktemp("small")
+    model = small_model(root / "model")
+    lora = get_peft_model(load_phogpt(model, dtype=torch.float32)[0],
+                          LoraConfig(r=4, target_modules=LORA_TARGETS))
+    lora.save_pretrained(root / "adapter")
+    return model, str(root / "adapter")
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "none"])
+@pytest.mark.parametrize("before", ["nothing", "an export"])
+def test_a_full_disk_gets_one_line_and_keeps_the_old_export(gguf_type, before, small, tmp_path,
+                                                          capsys):
+    model, adapter = small
+    flags = ["--model", model, "--adapter", adapter, "--gguf", gguf_type]
+    output = tmp_path / "export"
+    if before == "an export":
+        export(capsys, tmp_path, *flags, "--output", output)
+    kept = snapshot(output) if output.exists() else None
+    # twice: a failed export, then its rerun, still keep the one before
+    for _ in range(2):
+        done = run(*flags, "--output", output, "--overwrite", preexec_fn=limit_file_size)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert_one_error_line(done.returncode, done.stderr)
+        assert "the disk is full" in done.stderr and "fix: free some" in done.stderr
+        if kept is None:
+            assert not output.exists()
+        else:
+            assert snapshot(output) == kept and sorted(os.listdir(output)) == sorted(kept)
+    # with room again, the same command finishes
+    export(capsys, tmp_path, *flags, "--output", output, "--overwrite")
+    assert (output / ("config.json" if gguf_type == "none" else "Modelfile")).exists()
+
+
+def without_root_powers():
+    """Permission bits apply to root too: drop CAP_DAC_OVERRIDE for the child (Linux)."""
+    if os.geteuid() == 0:
+        # prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE): gone from the program run next
+        assert ctypes.CDLL(None, use_errno=True).prctl(24, 1, 0, 0, 0) == 0
+
+
+@pytest.mark.parametrize("where", ["an export", "an empty folder", "a new folder"])
+def test_a_read_only_output_gets_one_line_before_any_work(where, small, tmp_path, capsys):
+    model, _ = small
+    read_only = tmp_path / "read-only"
+    output = read_only if where != "a new folder" else read_only / "export"
+    read_only.mkdir()
+    if where == "an export":
+        export(capsys, tmp_path, "--model", model, "--gguf", "f16", "--output", output,
+               "--overwrite")
+    kept = snapshot(read_only)
+    read_only.chmod(0o555)
+    try:
+        done = run("--model", model, "--gguf", "f16", "--output", output, "--overwrite",
+                   preexec_fn=without_root_powers)
+    finally:
+        read_only.chmod(0o755)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert_one_error_line(done.returncode, done.stderr)
+    assert "is read-only" in done.stderr and "fix: pick a folder" in done.stderr
+    # refused before the model was loaded
+    assert "loading" not in done.stdout
+    assert snapshot(read_only) == kept and not (read_only / "export").exists()
