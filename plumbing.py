@@ -485,8 +485,16 @@ def on_ctrl_c(then):
         # A notebook keeps its own Ctrl+C: the interrupt button.
         if NOTEBOOK:
             return
-        line, then = then, lambda *_: (release_outputs(), say(line), sys.exit(130))
+        line, then = then, lambda *_: stop_now(line)
     signal.signal(signal.SIGINT, then or SIGINT_BEFORE)
+
+# Say why and end at once. os._exit, not sys.exit: Ctrl+C may land inside a __del__ or an
+# import, where Python would swallow SystemExit and print a traceback instead.
+def stop_now(line):
+    release_outputs()
+    say(line)
+    sys.stderr.flush()
+    os._exit(130)
 
 # A Trainer callback: the first Ctrl+C finishes the step, saves a checkpoint and stops; a
 # second one stops at once. It also saves at the last step: if the final save fails (a full
