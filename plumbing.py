@@ -485,16 +485,20 @@ def on_ctrl_c(then):
         # A notebook keeps its own Ctrl+C: the interrupt button.
         if NOTEBOOK:
             return
-        line, then = then, lambda *_: stop_now(line)
+        line, then = then, lambda _, frame: stop_now(line, frame)
     signal.signal(signal.SIGINT, then or SIGINT_BEFORE)
 
-# Say why and end at once. os._exit, not sys.exit: Ctrl+C may land inside a __del__ or an
-# import, where Python would swallow SystemExit and print a traceback instead.
-def stop_now(line):
+# Say why and end. Ctrl+C can land inside a __del__, where Python would swallow SystemExit
+# (printing a traceback) and go on: there, end the process at once.
+def stop_now(line, frame=None):
     release_outputs()
     say(line)
-    sys.stderr.flush()
-    os._exit(130)
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            sys.stderr.flush()
+            os._exit(130)
+        frame = frame.f_back
+    sys.exit(130)
 
 # A Trainer callback: the first Ctrl+C finishes the step, saves a checkpoint and stops; a
 # second one stops at once. It also saves at the last step: if the final save fails (a full
