@@ -188,6 +188,7 @@ def test_export_merges_a_4bit_trained_adapter_and_llama_cpp_answers_the_same(
         tiny_phogpt, sft4, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
     from peft import PeftModel
+    from test_phogpt_export import answer_in_llama_cpp
     out = tmp_path / "export"
     done = run("phogpt_export.py", "--model", tiny_phogpt, "--adapter", sft4[0], "--gguf", "f32",
                "--merge", "--output", out)
@@ -207,13 +208,7 @@ def test_export_merges_a_4bit_trained_adapter_and_llama_cpp_answers_the_same(
         # Learnt on nf4 weights, the answers survive the unquantised base...
         assert greedy(merged, tokenizer, question) == " " + answer
         # ...and llama.cpp gives the same.
-        ids = tokenizer(ask(question), add_special_tokens=False).input_ids
-        new = []
-        for token in llm.generate(ids, temp=0.0, reset=True):
-            if token == tokenizer.eos_token_id or len(new) == 40:
-                break
-            new.append(token)
-        assert tokenizer.decode(new) == " " + answer
+        assert answer_in_llama_cpp(llm, tokenizer, question) == " " + answer
 
 
 # ---- PhoGPT issue #27: empty 4-bit answers in fp16 ----
