@@ -4,10 +4,10 @@
     python bench/t4_rehearsal.py                     # PhoGPT-4B's shape (32 layers): very slow
     python bench/t4_rehearsal.py --layers 2          # 4B's width, 2 of its 32 blocks
 
-Random weights, quantised to nf4 (double quantisation) in memory, fp16 compute, LoRA r=32 on
+Random weights, quantised to nf4 (double quantisation) in memory, bf16 compute (--compute fp16: the T4's dtype, ~1,000x slower on a CPU), LoRA r=32 on
 Wqkv/out_proj/up_proj/down_proj, AdamW, batch 1 at each --lengths, with activation checkpointing
 off and on: what phogpt_qlora.py does on a T4. Every figure is MEASURED ON THIS CPU: memory by
-part (nf4 weights and the fp16 rest, LoRA + gradients + AdamW state, activations = the process's
+part (nf4 weights and the 16-bit rest, LoRA + gradients + AdamW state, activations = the process's
 peak RSS during a step above its RSS before it) and seconds per step. These measurements
 replace the T4 formula that phogpt_qlora.py --dry-run used to print. Writes
 bench/results/t4_rehearsal[-smoke].json.
@@ -28,6 +28,9 @@ parser.add_argument("--smoke", action="store_true", help="tiny shape (d 256, 2 l
 parser.add_argument("--layers", type=int, default=32, help="blocks of PhoGPT-4B's width (32: all)")
 parser.add_argument("--lengths", default="512,1024", help="tokens per example, comma-separated")
 parser.add_argument("--steps", type=int, default=2, help="timed steps per setting (after one)")
+parser.add_argument("--compute", default="bf16", choices=["bf16", "fp16"],
+                    help="compute dtype; bf16 has fp16's bytes, and a CPU runs fp16 matmuls "
+                         "~1,000x slower (0.6 vs 790 GFLOP/s measured here)")
 parser.add_argument("--output", default="", help="JSON file (default under bench/results/)")
 args = parser.parse_args()
 
@@ -38,6 +41,7 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from phogpt_model import PhoGPTConfig, PhoGPTForCausalLM  # noqa: E402
 
 torch.manual_seed(0)
+COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.compute]
 GIB = 2**30
 shape = dict(d_model=3072, n_heads=24, n_layers=args.layers, vocab_size=20480)
 lengths = [int(n) for n in args.lengths.split(",")]
@@ -58,31 +62,31 @@ def reset_peak():
 
 
 def build_model():
-    """PhoGPT of this shape, random, its block Linears as nf4 Linear4bit (fp16 compute)."""
+    """PhoGPT of this shape, random, its block Linears as nf4 Linear4bit (16-bit compute)."""
     config = PhoGPTConfig(**shape, expansion_ratio=4, max_seq_len=8192, no_bias=False,
                           norm_type="low_precision_layernorm", use_cache=False)
     with torch.device("meta"):
         model = PhoGPTForCausalLM(config)
     model.to_empty(device="cpu")
-    model.half()
+    model.to(COMPUTE)
     for name, module in list(model.named_modules()):
         if isinstance(module, torch.nn.Linear) and name.startswith("transformer.blocks"):
             weight = torch.randn(module.out_features, module.in_features,
-                                 dtype=torch.float16) * 0.02
+                                 dtype=COMPUTE) * 0.02
             layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=True,
-                                      compute_dtype=torch.float16, quant_type="nf4",
+                                      compute_dtype=COMPUTE, quant_type="nf4",
                                       compress_statistics=True, device="meta")
             layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4",
                                              compress_statistics=True)._quantize("cpu")
             layer.bias = torch.nn.Parameter(torch.zeros(module.out_features,
-                                                        dtype=torch.float16),
+                                                        dtype=COMPUTE),
                                             requires_grad=False)
             # Training on the CPU: the repacked inference layout has no backward.
             layer.support_avx512bf16_for_cpu = False
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, layer)
             del weight
-    # Embedding (tied to lm_head) and norms: fp16, random.
+    # Embedding (tied to lm_head) and norms: 16-bit, random.
     with torch.no_grad():
         model.transformer.wte.weight.normal_(0, 0.02)
         for module in model.modules():
@@ -94,7 +98,7 @@ def build_model():
 
 
 def weight_bytes(model):
-    """Bytes of every tensor the base holds: packed nf4, its scales, the fp16 rest."""
+    """Bytes of every tensor the base holds: packed nf4, its scales, the 16-bit rest."""
     seen, total = set(), 0
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.data_ptr() not in seen:
@@ -164,13 +168,13 @@ for length in lengths:
 
 result = {
     "what": "QLoRA steps of PhoGPT-4B's shape (random weights): nf4 + double quantisation, "
-            "fp16 compute, LoRA r=32 on 4 Linears, AdamW, batch 1",
+            f"{args.compute} compute, LoRA r=32 on 4 Linears, AdamW, batch 1",
     "measured_on": "CPU (figures are CPU measurements, not a T4)", "shape": shape,
-    "threads": torch.get_num_threads(), "steps_timed": args.steps,
+    "compute": args.compute, "threads": torch.get_num_threads(), "steps_timed": args.steps,
     "activations_basis": "peak RSS during a step minus RSS before it (process, glibc)",
     "rss_before_build_gib": round(before / GIB, 3), "rows": rows,
 }
-name = "t4_rehearsal-smoke.json" if args.smoke else f"t4_rehearsal-{args.layers}layers.json"
+name = "t4_rehearsal-smoke.json" if args.smoke else f"t4_rehearsal-{args.layers}layers-{args.compute}.json"
 out = Path(args.output or ROOT / "bench" / "results" / name)
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(result, indent=1), encoding="utf-8")
