@@ -4,15 +4,16 @@
     python bench/t4_rehearsal.py                     # PhoGPT-4B's shape (32 layers): very slow
     python bench/t4_rehearsal.py --layers 2          # 4B's width, 2 of its 32 blocks
 
-Random weights, quantised to nf4 (double quantisation) in memory, bf16 compute (--compute fp16: the T4's dtype, ~1,000x slower on a CPU), LoRA r=32 on
-Wqkv/out_proj/up_proj/down_proj, AdamW, batch 1 at each --lengths, with activation checkpointing
-off and on: what phogpt_qlora.py does on a T4. Every figure is MEASURED ON THIS CPU: memory by
-part (nf4 weights and the 16-bit rest, LoRA + gradients + AdamW state, activations = the process's
-peak RSS during a step above its RSS before it) and seconds per step. These measurements
-replace the T4 formula that phogpt_qlora.py --dry-run used to print. Writes
-bench/results/t4_rehearsal[-smoke].json.
+Random weights, quantised to nf4 (double quantisation) in memory; bf16 compute (the bytes of
+the T4's fp16: --compute fp16 is ~1,000x slower on a CPU); LoRA r=32 on Wqkv/out_proj/up_proj/
+down_proj, AdamW, batch 1 at each --lengths, with activation checkpointing off and on: what
+phogpt_qlora.py does on a T4. Every figure is MEASURED ON THIS CPU: memory by part (nf4 weights
+and the 16-bit rest, LoRA + gradients + AdamW state, activations = the process's peak RSS during
+a step above its RSS before it, glibc's free memory handed back first) and seconds per step.
+Writes bench/results/t4_rehearsal-smoke.json or t4_rehearsal-LAYERSlayers-COMPUTE.json.
 """
 import argparse
+import ctypes
 import json
 import re
 import sys
@@ -57,6 +58,9 @@ def rss(field="VmRSS"):
 
 
 def reset_peak():
+    # glibc keeps freed memory for reuse: the last step's activations would hide inside the
+    # RSS before this one. malloc_trim hands it back first, so the peak counts them anew.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     # Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
     Path("/proc/self/clear_refs").write_text("5")
 
@@ -138,8 +142,8 @@ for length in lengths:
         seconds, peaks = [], []
         for step in range(args.steps + 1):
             optimizer.zero_grad(set_to_none=True)
-            resting = rss()
             reset_peak()
+            resting = rss()
             clock = time.perf_counter()
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
@@ -171,10 +175,11 @@ result = {
             f"{args.compute} compute, LoRA r=32 on 4 Linears, AdamW, batch 1",
     "measured_on": "CPU (figures are CPU measurements, not a T4)", "shape": shape,
     "compute": args.compute, "threads": torch.get_num_threads(), "steps_timed": args.steps,
-    "activations_basis": "peak RSS during a step minus RSS before it (process, glibc)",
+    "activations_basis": "peak RSS during a step minus RSS before it, after malloc_trim (process)",
     "rss_before_build_gib": round(before / GIB, 3), "rows": rows,
 }
-name = "t4_rehearsal-smoke.json" if args.smoke else f"t4_rehearsal-{args.layers}layers-{args.compute}.json"
+name = f"t4_rehearsal-{args.layers}layers-{args.compute}.json"
+name = "t4_rehearsal-smoke.json" if args.smoke else name
 out = Path(args.output or ROOT / "bench" / "results" / name)
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(result, indent=1), encoding="utf-8")
