@@ -342,7 +342,7 @@ def disk_full(err):
     full = isinstance(err, OSError) and err.errno in (28, 27, 122)
     return full or any(sign in str(err) for sign in signs)
 
-# Write text (or call a function given the path) under a unique name, then rename:
+# Write text, bytes (or call a function given the path) under a unique name, then rename:
 # a kill or a full disk never leaves half a file under the real name.
 def atomic_write(path, data):
     path, partial = Path(path), temp_name(path)
@@ -350,7 +350,7 @@ def atomic_write(path, data):
         if callable(data):
             data(partial)
         else:
-            partial.write_text(data, encoding="utf-8")
+            partial.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -470,8 +470,8 @@ def ctrl_c_saves():
     return callback
 
 # The Trainer's progress bar (with its ETA) and per log one line: step, epoch,
-# describe(logs) (None: no line), tokens/s; redraw(history) every 10 seconds.
-def progress_lines(describe, redraw=None):
+# describe(logs) (None: no line), tokens/s; redraw(history) every few seconds.
+def progress_lines(describe, redraw=None, every_s=10):
     from transformers.trainer_callback import ProgressCallback
     class Lines(ProgressCallback):
         clock, tokens, drawn = 0.0, 0, 0.0
@@ -496,7 +496,7 @@ def progress_lines(describe, redraw=None):
                                     f"epoch {state.epoch:.1f} · {text}")
             # Time spent evaluating is not training speed.
             self.clock = now
-            if redraw and now - self.drawn > 10:
+            if redraw and now - self.drawn > every_s:
                 redraw(state.log_history)
                 self.drawn = now
     return Lines()
