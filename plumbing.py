@@ -146,8 +146,9 @@ def read_rows(source):
                 where = f"{source}:{reader.line_num}"
                 # An unquoted comma makes an extra field: the answer would end there.
                 if None in row:
-                    fail(f"{where}: {len(row) + len(row[None]) - 1} fields but the header has "
-                         f'{len(reader.fieldnames)}; fix: put text with commas in "quotes"')
+                    fields, header = len(row) + len(row[None]) - 1, len(reader.fieldnames)
+                    fail(f"{where}: {fields} fields but the header has {header} (more "
+                         'fields than the header); fix: put text with commas in "quotes"')
                 yield where, checked_text(row, where)
         except csv.Error as err:
             fail(f"{source}:{reader.line_num + 1}: {err}; fix: save it again as CSV UTF-8")
@@ -285,7 +286,7 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
         fail(f"--output {folder} already exists; fix: pick another --output, add "
              "--overwrite to replace that run, or --resume to continue it")
     if resume and not names:
-        fail(f"--resume: {folder} holds no run; fix: drop --resume")
+        fail(f"--resume: {folder} does not exist or holds no run; fix: drop --resume")
     made = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
