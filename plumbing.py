@@ -1,13 +1,10 @@
-"""Plumbing the scripts share. A student can skip this file: no machine learning in it.
-
-Flags and one-line errors (also in a notebook), devices, data rows with file:line, output
-folders that never lose a student's files, atomic saves, checkpoints, Ctrl+C, progress lines.
-"""
+"""Plumbing the scripts share, with no machine learning: a student can skip it.
+Flags, one-line errors, devices, data rows, output folders that never lose a
+student's files, atomic saves, checkpoints, Ctrl+C and progress lines."""
 import argparse
 import contextlib
 import csv
 import difflib
-import errno
 import importlib.util
 import json
 import logging
@@ -27,14 +24,14 @@ import prompts
 SIGINT_BEFORE = signal.getsignal(signal.SIGINT)
 # torchrun starts one process per GPU: only the first one talks and writes.
 RANK = int(os.environ.get("RANK", "0"))
-# Pasted into Colab or Jupyter, a script runs inside ipykernel: flags are not parsed.
+# Pasted into Colab or Jupyter, a script runs inside ipykernel: no flags.
 NOTEBOOK = "ipykernel" in sys.modules
 
 def say(*text):
     if RANK == 0:
         print(*text, flush=True)
 
-# IPython shows _render_traceback_ instead of "An exception has occurred, use %tb".
+# IPython shows _render_traceback_ instead of "An exception has occurred".
 class Refusal(Exception):
     def _render_traceback_(self):
         return [f"error: {self}"]
@@ -46,14 +43,14 @@ def fail(message):
     message = str(message)
     if not NOTEBOOK:
         sys.exit(f"error: {message}")
-    # A notebook ignores flags: name the defaults to edit on the first screen instead.
+    # A notebook ignores flags: name the defaults to edit instead.
     flags = list(dict.fromkeys(re.findall(r"--[a-z][a-z0-9-]*", message)))
     if flags:
         message = re.sub(r"--([a-z][a-z0-9-]*)", r"\1", message)
         message += f" (edit default= of {', '.join(flags)} on the script's first screen)"
     raise Refusal(message) from None
 
-# parse_args, its errors in one line; in a notebook the defaults are the knobs.
+# parse_args, errors in one line; in a notebook the defaults are the knobs.
 def parse_flags(parser):
     def error(message):
         # argparse says "argument --lr: ..."; a student reads "--lr ...".
@@ -63,11 +60,10 @@ def parse_flags(parser):
         flags = [f for action in parser._actions for f in action.option_strings]
         close = difflib.get_close_matches(typo[1], flags, n=1) if typo else []
         fail(f"{message}; fix: " + (f"did you mean {close[0]}?" if close else fix))
-
     parser.error = error
     return parser.parse_args([] if NOTEBOOK else None)
 
-# An argparse type= that takes a `kind` in [low, high] and says the range otherwise.
+# An argparse type=: a `kind` in [low, high], or one line with the range.
 def between(low, high, kind=float):
     def parse(text):
         try:
@@ -76,20 +72,17 @@ def between(low, high, kind=float):
             value = float("nan")
         # NaN fails every comparison: refused too.
         if not low <= value <= high:
-            limits = f"between {low:,} and {high:,}"
-            raise argparse.ArgumentTypeError(f"must be {limits} (got {text})")
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,} (got {text})")
         return value
-
     parse.__name__ = kind.__name__
     return parse
 
-# "auto": cuda, else mps, else cpu. A named device that is missing gets one line.
+# "auto": cuda, else mps, else cpu. A named device that is missing: one line.
 def pick_device(name):
     import torch
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "cuda" and not cuda:
-        fail("--device cuda, but no CUDA GPU is visible; fix: on Colab pick "
-             "Runtime > Change runtime type > T4 GPU, or --device cpu")
+        fail("--device cuda, but no CUDA GPU is visible; fix: --device cpu, or a T4 on Colab")
     if name == "mps" and not mps:
         fail("--device mps, but this machine has no Apple GPU; fix: --device cpu")
     auto = "cuda" if cuda else "mps" if mps else "cpu"
@@ -100,7 +93,7 @@ def pick_load_in(name, device):
     name = ("4bit" if device == "cuda" else "none") if name == "auto" else name
     if name == "none":
         return name
-    # find_spec does not import it: importing bitsandbytes asks the hub on a CPU machine.
+    # find_spec does not import it: importing bitsandbytes asks the hub on a CPU.
     if importlib.util.find_spec("bitsandbytes") is None:
         fail(f"--load-in {name} needs bitsandbytes; fix: pip install bitsandbytes")
     if device == "mps":
@@ -111,8 +104,7 @@ def pick_load_in(name, device):
               "chạy thật thì dùng GPU", file=sys.stderr)
     return name
 
-# (where, row) for each row of a .jsonl/.json/.csv file, where = file:line; or of a data
-# set on the hub (a name with no extension that is not a file).
+# (where, row) for each row of a .jsonl/.json/.csv file (where: file:line) or hub data set.
 def read_rows(source):
     source, path = str(source), Path(source)
     if path.is_dir():
@@ -124,45 +116,43 @@ def read_rows(source):
         try:
             rows = datasets.load_dataset(source, split="train")
         except Exception as err:
-            fail(f"{source}: no such file, nor a hub data set ({type(err).__name__}); "
-                 "fix: check the path or the name")
+            fail(f"{source}: no such file or hub data set ({type(err).__name__}); fix: check it")
         yield from ((f"{source} row {n}", row) for n, row in enumerate(rows, 1))
         return
-    # A name copied from a Mac may be spelled in NFD on disk: try both spellings.
-    spellings = [path, *(Path(unicodedata.normalize(form, source)) for form in ("NFD", "NFC"))]
-    path = next((p for p in spellings if p.is_file()), path)
+    # A name copied from a Mac may be in NFD on disk: try both spellings.
+    spellings = [Path(unicodedata.normalize(form, source)) for form in ("NFD", "NFC")]
+    path = next((p for p in [path, *spellings] if p.is_file()), path)
     try:
-        raw = path.read_bytes()
         # utf-8-sig: Excel starts its files with a byte-order mark.
-        text = raw.decode("utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         fail(f"{source}: file not found; fix: check the path")
     except OSError as err:
-        # A link to itself, no permission, a device: the system's words.
         fail(f"{source}: can't be read ({err.strerror}); fix: give a plain data file")
     except UnicodeDecodeError as err:
         # Notepad's "Unicode" is UTF-16.
-        kind = "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
+        kind = "UTF-16" if err.object[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
         fail(f"{source}: {kind} text (byte {err.start}); fix: save the file as UTF-8")
     # Vietnamese has two spellings of most accents: NFC makes them one.
-    lines = unicodedata.normalize("NFC", text).splitlines(keepends=True)
+    lines = prompts.nfc(text).splitlines(keepends=True)
     if path.suffix == ".csv":
-        # Excel in a Vietnamese locale separates fields with ';' (the comma is decimal).
-        header = lines[0] if lines else ""
-        separator = ";" if ";" in header and "," not in header else ","
+        # Excel in a Vietnamese locale separates fields with ';' (',' is decimal).
+        semicolons = lines and ";" in lines[0] and "," not in lines[0]
         # A long answer is fine: csv's default cap is 128 KB a field.
         csv.field_size_limit(2**31 - 1)
-        reader = csv.DictReader(lines, delimiter=separator)
-        for row in csv_rows(reader, source):
-            where = f"{source}:{reader.line_num}"
-            # An unquoted comma makes an extra field: the answer would end there.
-            if None in row:
-                fields, header = len(row) + len(row[None]) - 1, len(reader.fieldnames)
-                fail(f"{where}: {fields} fields but the header has {header} (more "
-                     'fields than the header); fix: put text with commas in "quotes"')
-            yield where, checked_text(row, where)
+        reader = csv.DictReader(lines, delimiter=";" if semicolons else ",")
+        try:
+            for row in reader:
+                where = f"{source}:{reader.line_num}"
+                # An unquoted comma makes an extra field: the answer would end there.
+                if None in row:
+                    fields, header = len(row) + len(row[None]) - 1, len(reader.fieldnames)
+                    fail(f"{where}: {fields} fields but the header has {header} (more "
+                         'fields than the header); fix: put text with commas in "quotes"')
+                yield where, checked_text(row, where)
+        except csv.Error as err:
+            fail(f"{source}:{reader.line_num + 1}: {err}; fix: save it again as CSV UTF-8")
         return
-    # A .jsonl holds one object per line; a .json one list (or object) in all.
     chunks = enumerate(lines, 1) if path.suffix == ".jsonl" else [(0, "".join(lines))]
     for number, chunk in chunks:
         where = f"{source}:{number or 1}"
@@ -175,18 +165,11 @@ def read_rows(source):
             fail(f"{where}: brackets nested too deeply; fix: one flat object per row")
         except ValueError as err:
             fail(f"{where}: {err}")
-        if number == 0 and isinstance(rows[0], list):
+        if number == 0 and rows and isinstance(rows[0], list):
             rows = rows[0]
         for item, row in enumerate(rows, 1):
             where = f"{source}:{number}" if number else f"{source} item {item}"
             yield where, checked_text(row, where)
-
-# The rows of a CSV file; what the csv module cannot read (a NUL byte) is one line.
-def csv_rows(reader, source):
-    try:
-        yield from reader
-    except csv.Error as err:
-        fail(f"{source}:{reader.line_num + 1}: {err}; fix: save it again as CSV UTF-8")
 
 # json.loads keeps the last of two equal keys without a word: refuse instead.
 def one_of_each(pairs):
@@ -196,8 +179,7 @@ def one_of_each(pairs):
         raise ValueError(f"field '{twice[0]}' appears twice; fix: keep one of them")
     return dict(pairs)
 
-# Every text in a row, checked: whole characters, no control characters. Text that is only
-# invisible characters (a zero-width space) becomes "", so it counts as empty.
+# Every text in a row, checked; only invisible characters count as empty.
 def checked_text(value, where):
     if isinstance(value, dict):
         return {key: checked_text(item, where) for key, item in value.items()}
@@ -205,25 +187,18 @@ def checked_text(value, where):
         return [checked_text(item, where) for item in value]
     if not isinstance(value, str):
         return value
-    # "\ud83d" alone in JSON is half of an emoji: it cannot be encoded, nor trained.
-    half = re.search(r"[\ud800-\udfff]", value)
-    if half:
-        fail(f"{where}: half a character (\\u{ord(half[0]):04x}, a cut emoji?); fix: "
-             "retype or delete it")
-    control = re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value)
-    if control:
-        fail(f"{where}: a control character (U+{ord(control[0]):04X}) in the text; fix: "
-             "delete it (copied from a binary file?)")
+    # "\ud83d" alone in JSON is half an emoji: it can't be encoded, nor trained.
+    bad = re.search(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value)
+    if bad:
+        what = "half a character" if bad[0] >= "\ud800" else "a control character"
+        fail(f"{where}: {what} (U+{ord(bad[0]):04X}) in the text; fix: delete it")
     if value and all(char.isspace() or prompts.is_invisible(char) for char in value):
         return ""
     return value
 
-# Append row (a dict) to a .jsonl data file as one line. ValueError, nothing written, if the
-# file is no JSONL of rows (a model's config.json or weights, notes). A last line without
-# its newline gets one first; a failed write (a full disk) is cut off: the file stays whole.
+# Append row to a .jsonl of rows; any other file (config.json, notes): ValueError.
 def append_row(path, row):
     path = Path(path)
-    line = json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
     old = path.read_bytes() if path.is_file() else b""
     try:
         rows = [json.loads(text) for text in old.decode("utf-8-sig").splitlines() if text.strip()]
@@ -231,39 +206,30 @@ def append_row(path, row):
         rows = [None]
     if path.suffix != ".jsonl" or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"{path} is not a .jsonl file of rows")
-    # Unbuffered: a write that fails says so right here.
+    line = b"\n" if old and not old.endswith(b"\n") else b""
+    line += json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
+    # Unbuffered: a write that fails (a full disk) says so here, and is cut off.
     with open(path, "ab", buffering=0) as file:
-        size = file.tell()
-        line = line if old.endswith(b"\n") or not old else b"\n" + line
         try:
             if file.write(line) != len(line):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(28, os.strerror(28))
         except OSError:
             with contextlib.suppress(OSError):
-                file.truncate(size)
+                file.truncate(len(old))
             raise
 
-# Make these packages unimportable in this process: libraries that use them when installed
-# (peft and trl import bitsandbytes) then carry on without them.
-def skip_imports(*names):
-    for name in names:
-        # A module set to None in sys.modules makes `import name` raise ImportError.
-        sys.modules.setdefault(name, None)
-
-
-# No code downloaded from the hub at run time; bitsandbytes only for 4-bit or 8-bit loading.
-# transformers and bitsandbytes fetch compiled "kernels" from the hub when they can: a network
-# call, and code nobody reviewed. Call this before importing transformers, peft, trl, datasets.
+# No code from the hub, and bitsandbytes only to load in 4 or 8 bits: call this
+# before importing transformers, peft, trl or datasets.
 def keep_hub_code_out(load_in="none", cuda=False):
-    # transformers' own switch (a user who wants hub kernels can set it to YES).
+    # transformers fetches compiled "kernels" from the hub: code nobody reviewed.
     os.environ.setdefault("USE_HUB_KERNELS", "NO")
     # trl reports each training run to the hub unless told not to.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     quantised = load_in in ("4bit", "8bit") or (load_in == "auto" and cuda)
-    skip_imports("kernels", *([] if quantised else ["bitsandbytes"]))
-    # Without kernels, bitsandbytes says at import it uses its own CPU code: nothing to act on.
+    # None in sys.modules makes `import name` fail: peft and trl carry on without.
+    for name in ["kernels"] + ([] if quantised else ["bitsandbytes"]):
+        sys.modules.setdefault(name, None)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
 
 # ---- output folders: never delete or replace what a run of ours did not make ----
 # The marker says a run of ours made the folder and lists what it wrote there.
@@ -272,7 +238,7 @@ MARKER, LOCK = ".phogpt-run.json", ".phogpt-run.lock"
 OURS = re.compile(r"checkpoint-\d+|runs|\.phogpt-.*")
 # Folders this process holds: path -> (lock file, made by this run, --overwrite).
 claimed = {}
-# {folder: where make_way put the previous run}, until the new one has moved in.
+# Where make_way put each folder's previous run, until the new one moves in.
 set_aside = {}
 
 # A name unique to this run, never a fixed OUTPUT.partial a student may own.
@@ -280,20 +246,18 @@ def temp_name(path):
     path = Path(path)
     return path.with_name(f".phogpt-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
 
-# A JSON file as a value; None if it is missing or cut short.
 def read_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
-# True if folder is path, or holds it.
 def holds(folder, path):
     folder, path = Path(folder).resolve(), Path(path).resolve()
     return folder == path or folder in path.parents
 
-# Check --output, lock it for this run, mark it ours. protect: {flag: path} it must not
-# hold. Nothing is removed here: an old run makes way later, once the input is valid.
+# Check --output, lock it, mark it ours. protect: {flag: path} it must not hold.
+# Nothing is removed here: an old run makes way later, once the input is valid.
 def claim_output(folder, overwrite=False, resume=False, protect=None):
     folder = Path(folder)
     if resume and overwrite:
@@ -305,8 +269,7 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
         fail(f"--output {folder} is a file; fix: give a folder name, e.g. my-adapter")
     for flag, path in {"the working folder": Path.cwd(), **(protect or {})}.items():
         if path and Path(path).exists() and holds(folder, path):
-            fail(f"--output {folder} holds {flag} {path}, which must stay as it is; "
-                 "fix: pick another --output, e.g. my-adapter")
+            fail(f"--output {folder} holds {flag} {path}; fix: pick another --output")
     # A notebook reruns a cell in one process: the lock of its last run goes first.
     release_outputs(folder)
     names = sorted(set(os.listdir(folder)) - {MARKER, LOCK}) if folder.is_dir() else []
@@ -316,7 +279,7 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
     if strangers or (names and marker is None):
         fail(f"--output {folder} holds {(strangers or names)[0]}, which no run of ours "
              "made; fix: pick another --output (nothing was changed)")
-    # A folder of ours may be in use by a run right now: that is the first thing to say.
+    # A folder of ours may be in use by a run right now: that is said first.
     if marker:
         claimed[str(folder)] = (lock(folder), False, overwrite)
     if names and not (overwrite or resume):
@@ -332,12 +295,10 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
             made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
             atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))
     except OSError as err:
-        # Read-only, inside a file, a full disk: before any work, one line.
-        fail(f"--output {folder} can't be written ({err.strerror}); fix: pick a folder "
-             "you can write to, on a disk with free space")
+        fail(f"--output {folder} can't be written ({err.strerror}); fix: pick another")
     return folder
 
-# The OS frees the lock when the process ends, however it ends: a crash can't leave it stuck.
+# The OS frees the lock when the process ends, however it ends.
 def lock(folder):
     file = open(Path(folder) / LOCK, "a+")
     try:
@@ -348,22 +309,19 @@ def lock(folder):
         pass
     except OSError:
         file.close()
-        fail(f"--output {folder} is in use by another run; "
-             "fix: wait for it to end, or pick another --output")
+        fail(f"--output {folder} is in use by another run; fix: wait, or pick another")
     return file
 
-# Unlock this process's folders; one this run made and left with nothing finished goes again
-# (our marker, lock and temporary names all start with .phogpt-). A run that ends having
-# written nothing there (an error, Ctrl+C) puts the run it set aside back.
+# Unlock this process's folders. A run that wrote nothing there (an error, Ctrl+C)
+# puts back the run it set aside; a folder it made and left empty goes again.
 def release_outputs(only=None):
     for name in [n for n in claimed if only is None or n == str(only)]:
         file, made, _ = claimed.pop(name)
         aside = set_aside.pop(name, None)
-        written = [n for n in os.listdir(name) if n not in (MARKER, LOCK)
-                   and not n.startswith(".phogpt-")]
-        for path in aside.iterdir() if aside and not written else []:
-            os.replace(path, Path(name, path.name))
+        written = [n for n in os.listdir(name) if not n.startswith(".phogpt-")]
         if aside and not written:
+            for path in aside.iterdir():
+                os.replace(path, Path(name, path.name))
             shutil.rmtree(aside, ignore_errors=True)
         file.close()
         if made and all(n.startswith(".phogpt-") for n in os.listdir(name)):
@@ -378,36 +336,29 @@ def record(path):
     marker["files"].append(path.name)
     atomic_write(path.parent / MARKER, json.dumps(marker, ensure_ascii=False))
 
-# A write that failed for lack of space, however the library words it.
+# A write that failed for lack of space, in any library's words (a GGUF: numpy's).
 def disk_full(err):
-    if isinstance(err, OSError) and err.errno in (28, 27, 122):
-        return True
-    # safetensors, torch.save and numpy's tofile (a GGUF) report it in their own words.
     signs = ("os error 28", "os error 27", "No space left", "failed writing", "unexpected pos",
              "requested and")
-    return any(sign in str(err) for sign in signs)
+    full = isinstance(err, OSError) and err.errno in (28, 27, 122)
+    return full or any(sign in str(err) for sign in signs)
 
-
-# Write data (text, bytes, or a function given a path) under a unique name, then rename:
-# a kill or a full disk never leaves a half-written file under the real name.
+# Write text, bytes (or call a function given the path) under a unique name, then rename:
+# a kill or a full disk never leaves half a file under the real name.
 def atomic_write(path, data):
     path, partial = Path(path), temp_name(path)
     try:
         if callable(data):
             data(partial)
-        elif isinstance(data, str):
-            partial.write_text(data, encoding="utf-8")
         else:
-            partial.write_bytes(data)
+            partial.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     record(path)
 
-# With --overwrite the previous run is set aside, and deleted once the new one is saved.
-# Call it once the input is valid and the model loaded: a typo never costs the old run.
-# Our temporary names stay (a staging folder of this run among them): a script that stages
-# its whole output calls this just before move_in, so a failed run keeps the previous one.
+# --overwrite: set the previous run aside, once the input is valid and the model
+# loaded (a typo never costs it). Our temporary names (a staging folder) stay.
 def make_way(folder):
     if RANK != 0 or not claimed.get(str(folder), (0, 0, False))[2]:
         return
@@ -418,22 +369,20 @@ def make_way(folder):
         if not name.startswith(".phogpt-"):
             os.replace(Path(folder, name), aside / name)
 
-# Move staging's files into folder, `last` last: the scripts look for it, so the folder
-# never looks finished before it is. Then what earlier runs set aside goes.
+# Move staging's files into folder, `last` last: the scripts look for it, so the
+# folder never looks finished before it is. What was set aside then goes.
 def move_in(staging, folder, last="adapter_config.json"):
     for path in sorted(Path(staging).iterdir(), key=lambda p: p.name == last):
         os.replace(path, Path(folder, path.name))
         record(Path(folder, path.name))
     Path(staging).rmdir()
-    # The new run is in: the one set aside is not coming back.
     set_aside.pop(str(folder), None)
     for name in set(os.listdir(folder)) - {MARKER, LOCK}:
         if name.startswith(".phogpt-"):
             shutil.rmtree(Path(folder, name), ignore_errors=True)
 
 # ---- checkpoints: one definition of complete ----
-# Why the Trainer can't resume from this folder (a file missing, or cut short by a kill or
-# a full disk), or None.
+# Why the Trainer can't resume from this folder (a file missing or cut short), or None.
 def checkpoint_problem(folder):
     for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json"):
         if not (folder / name).is_file():
@@ -443,29 +392,23 @@ def checkpoint_problem(folder):
     for path in sorted(folder.iterdir()):
         if path.suffix in (".pt", ".pth", ".json", ".safetensors") and not whole(path):
             return f"{path.name} is cut short"
-    return None
 
-# A .json that parses, a torch.save zip with its directory (written last), or a
-# .safetensors that holds every byte its header promises.
+# A .json that parses, a torch.save zip (its directory is written last), a .safetensors
+# with every byte its header promises.
 def whole(path):
     try:
         if path.suffix in (".pt", ".pth"):
             return zipfile.is_zipfile(path)
         if path.suffix == ".json":
             return json.loads(path.read_text(encoding="utf-8")) is not None
-        with open(path, "rb") as file:
-            size = int.from_bytes(file.read(8), "little")
-            # Garbage can claim a header of exabytes: never read past the file.
-            if size > os.path.getsize(path):
-                return False
-            header = json.loads(file.read(size))
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-        return os.path.getsize(path) == 8 + size + max(ends, default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        from safetensors import safe_open
+        with safe_open(path, "numpy"):
+            return True
+    except Exception:
         return False
 
-# The newest complete checkpoint (or None), and notes on cut ones. Those are set aside:
-# the Trainer would resume from them, or keep them over a good one.
+# The newest complete checkpoint (or None), and notes on cut ones. Those are set
+# aside: the Trainer would resume from them, or keep them over a good one.
 def last_checkpoint(folder):
     from transformers.trainer_utils import get_last_checkpoint
     notes = []
@@ -478,8 +421,8 @@ def last_checkpoint(folder):
     return None, notes
 
 # ---- Ctrl+C and progress while training ----
-# then: a line to print before exiting 130; signal.SIG_IGN: Ctrl+C waits (while saving);
-# None: the handler from before the script comes back.
+# then: a line to print before exiting 130; signal.SIG_IGN: Ctrl+C waits (while
+# saving); None: the handler from before the script comes back.
 def on_ctrl_c(then):
     if isinstance(then, str):
         # A notebook keeps its own Ctrl+C: the interrupt button.
@@ -488,10 +431,11 @@ def on_ctrl_c(then):
         line, then = then, lambda _, frame: stop_now(line, frame)
     signal.signal(signal.SIGINT, then or SIGINT_BEFORE)
 
-# Say why and end. Ctrl+C can land inside a __del__, where Python would swallow SystemExit
-# (printing a traceback) and go on: there, end the process at once.
+# Say why and end. Ctrl+C can land inside a __del__, where Python would swallow
+# SystemExit (printing a traceback) and go on: there, end the process at once.
 def stop_now(line, frame=None):
     release_outputs()
+    signal.signal(signal.SIGINT, SIGINT_BEFORE)
     say(line)
     while frame is not None:
         if frame.f_code.co_name == "__del__":
@@ -500,13 +444,11 @@ def stop_now(line, frame=None):
         frame = frame.f_back
     sys.exit(130)
 
-# A Trainer callback: the first Ctrl+C finishes the step, saves a checkpoint and stops; a
-# second one stops at once. It also saves at the last step: if the final save fails (a full
-# disk, a kill), --resume finds the training done and only saves.
+# The first Ctrl+C finishes the step, saves and stops; a second stops at once. The last
+# step is saved too: if the final save fails, --resume finds training done.
 def ctrl_c_saves():
     import torch
     from transformers import TrainerCallback
-
     class SaveOnCtrlC(TrainerCallback):
         interrupted = False
 
@@ -524,7 +466,6 @@ def ctrl_c_saves():
                 self.interrupted = bool(flag.item())
             control.should_training_stop |= self.interrupted
             control.should_save |= self.interrupted or state.global_step >= state.max_steps
-
     callback = SaveOnCtrlC()
     signal.signal(signal.SIGINT, callback.interrupt)
     return callback
@@ -533,7 +474,6 @@ def ctrl_c_saves():
 # describe(logs) (None: no line), tokens/s; redraw(history) every few seconds.
 def progress_lines(describe, redraw=None, every_s=10):
     from transformers.trainer_callback import ProgressCallback
-
     class Lines(ProgressCallback):
         clock, tokens, drawn = 0.0, 0, 0.0
 
@@ -560,21 +500,19 @@ def progress_lines(describe, redraw=None, every_s=10):
             if redraw and now - self.drawn > every_s:
                 redraw(state.log_history)
                 self.drawn = now
-
     return Lines()
 
 # ---- one training run, the same in every script: resume, train, save ----
-# A field of a data row: text, not empty, in NFC (hub rows are not normalised on reading).
+# A field of a data row: text, not empty, in NFC (hub rows are not normalised).
 def text_field(row, field, where, fix):
     value = row.get(field)
     if not isinstance(value, str) or not value.strip():
         problem = "missing" if value is None else "empty or not text"
         fail(f"{where}: field '{field}' is {problem}; fix: {fix}")
-    return unicodedata.normalize("NFC", value)
+    return prompts.nfc(value)
 
-# --resume continues the run `settings` describe (run.json), never another: one line names
-# what changed. "x_sha256" compares the content of "x" (a moved file is the same data).
-# Returns the steps done; a run that has its adapter already is refused.
+# --resume continues the run of these settings (run.json), never another. "x_sha256"
+# compares the content of "x": a moved file is the same data. Returns steps done.
 def same_run(folder, last, settings, total_steps):
     before = (read_json(Path(folder) / "run.json") or {}) if last else {}
     for key, value in settings.items():
@@ -589,9 +527,8 @@ def same_run(folder, last, settings, total_steps):
              "fix: raise --epochs (or --max-steps) to train longer, or drop --resume")
     return done
 
-# Train, from the last checkpoint if there is one. Only now (input valid, model loaded)
-# does an old run make way. finished: training ended but the final save failed, so the
-# last checkpoint is loaded, not trained again. Ctrl+C saves a checkpoint and exits 130.
+# Train, from the last checkpoint if any; only now does an old run make way.
+# finished: only the final save failed, so the last checkpoint is loaded.
 def train(trainer, folder, settings, last, finished):
     import torch
     make_way(folder)
@@ -603,17 +540,12 @@ def train(trainer, folder, settings, last, finished):
         if not finished:
             trainer.train(resume_from_checkpoint=str(last) if last else None)
         else:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
+            from peft import load_peft_weights, set_peft_model_state_dict
             from transformers import TrainerState
-            weights = load_file(Path(last) / "adapter_model.safetensors")
-            set_peft_model_state_dict(trainer.model, weights)
+            set_peft_model_state_dict(trainer.model, load_peft_weights(str(last), "cpu"))
             trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
     except KeyboardInterrupt:
-        release_outputs()
-        say(f"stopped at once by a second Ctrl+C; the last complete checkpoint in {folder} "
-            "is kept (rerun with --resume)")
-        sys.exit(130)
+        stop_now(f"stopped by a second Ctrl+C; {folder} keeps its last checkpoint (--resume)")
     except torch.OutOfMemoryError:
         fail("out of GPU memory; fix: halve --batch-size, or lower --max-length")
     except Exception as err:
@@ -630,11 +562,7 @@ def train(trainer, folder, settings, last, finished):
     # While saving, Ctrl+C waits: a half-saved adapter would look finished.
     on_ctrl_c(signal.SIG_IGN)
     if stop.interrupted and trainer.state.global_step < trainer.state.max_steps:
-        say(f"stopped by Ctrl+C at step {trainer.state.global_step}; checkpoint saved in "
-            f"{folder}; rerun with --resume")
-        release_outputs()
-        on_ctrl_c(None)
-        sys.exit(130)
+        stop_now(f"stopped by Ctrl+C at step {trainer.state.global_step}; rerun with --resume")
     # torchrun: only the first process saves and reports; no collective calls after this.
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -644,8 +572,8 @@ def train(trainer, folder, settings, last, finished):
             # A normal exit can abort in the process group's C++ teardown.
             os._exit(0)
 
-# Save the adapter, its tokenizer and files ({name: text}) under a name of this run, then
-# move them in, adapter_config.json last. A full disk: --resume then only saves.
+# Save the adapter, its tokenizer and files ({name: text}) under a name of this
+# run, then move them in. A full disk: --resume then only saves.
 def save_adapter(model, tokenizer, folder, files=None, **kwargs):
     staging = temp_name(Path(folder) / "adapter")
     try:
