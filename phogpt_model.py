@@ -381,8 +381,9 @@ def model_source(name_or_path):
         return {"local_files_only": True}
     # The hub client retries for minutes: knock once.
     url = urlparse(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+        socket.create_connection((url.hostname, port), timeout=5).close()
     except OSError:
         return {"local_files_only": True}
     return {}
