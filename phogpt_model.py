@@ -1,6 +1,5 @@
 """PhoGPT (VinAI's MPT decoder) for today's transformers, without remote code.
 
-    from phogpt_model import load_phogpt
     model, tokenizer = load_phogpt("vinai/PhoGPT-4B-Chat")  # or a folder, load_in="4bit"
 
 The layers come first, in the order data flows through them:
@@ -18,9 +17,11 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from tokenizers import Tokenizer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, GenerationMixin,
+                          PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast)
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -28,8 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 # Why ours? VinAI's remote code fails on transformers >= 4.52 (issue #33);
 # MptForCausalLM drops PhoGPT's biases: wrong text, no error.
 
-# transformers 5.24 renamed the KV cache past_key_values -> cache: we take
-# both; callers write model(ids, **{CACHE_NAME: cache}).
+# transformers 5.24 renamed past_key_values to cache: we take both; callers pass **{CACHE_NAME: c}.
 _NEW = "cache" in BaseModelOutputWithPast.__dataclass_fields__
 CACHE_NAME = "cache" if _NEW else "past_key_values"
 
@@ -39,8 +39,8 @@ LOSS_CHUNK = 2**24
 # ---- the layers ----
 class LayerNorm(nn.LayerNorm):
     def __init__(self, config):
-        eps, bias = config.layer_norm_epsilon, not config.no_bias
-        super().__init__(config.d_model, eps=eps, bias=bias)
+        bias = not config.no_bias
+        super().__init__(config.d_model, eps=config.layer_norm_epsilon, bias=bias)
         self.low_precision = config.norm_type == "low_precision_layernorm"
 
     def forward(self, x):
@@ -61,7 +61,6 @@ class Attention(nn.Module):
         super().__init__()
         d, attn = config.d_model, config.attn_config
         self.n_heads = config.n_heads
-        # The KV cache files keys/values by layer.
         self.layer_idx = layer_idx
         # PhoGPT: None, so 1/sqrt(head size).
         self.scale = attn.get("softmax_scale") or 1 / math.sqrt(d / config.n_heads)
@@ -78,7 +77,6 @@ class Attention(nn.Module):
         # q, k, v, each (B, heads, T, head size)
         q, k, v = qkv.view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            # Append this step's; attend to all.
             k, v = cache.update(k, v, self.layer_idx)
         dropout = self.dropout if self.training else 0.0
         # One bias, ALiBi + masks: no (T, T) matrix.
@@ -113,19 +111,19 @@ class PhoGPTBlock(GradientCheckpointingLayer):
         return x + self.resid_dropout(self.ffn(self.norm_2(x)))
 
 # ---- the config ----
-# Attention options that change the maths, and the only value we implement.
+# attn_config: what changes the maths, and the one value we implement.
 ATTN_DEFAULTS = {
     "attn_type": "multihead_attention", "alibi": True, "prefix_lm": False,
     "qk_ln": False, "qk_gn": False, "attn_uses_sequence_id": False, "rope": False,
     "sliding_window_size": -1, "kv_n_heads": None, "fused_qkv": True,
     "attn_logit_softcapping": None,
 }
-NORMS = ("layernorm", "low_precision_layernorm")
+# What we read, or what changes nothing here: any value.
 ATTN_FREE = {"attn_impl", "attn_pdrop", "alibi_bias_max", "clip_qkv", "softmax_scale",
              "rope_theta", "rope_impl", "rope_dail_config", "rope_hf_config"}
 
+# PhoGPT's config.json as published: llm-foundry's keys and defaults.
 class PhoGPTConfig(PreTrainedConfig):
-    """PhoGPT's config.json as published: llm-foundry's keys and defaults."""
     # learned_pos_emb is ignored under ALiBi, as in llm-foundry (no wpe).
     model_type = "mpt"
     attribute_map = {"hidden_size": "d_model", "num_attention_heads": "n_heads",
@@ -152,36 +150,33 @@ class PhoGPTConfig(PreTrainedConfig):
         self.attn_config = dict(self.attn_config or {"alibi": True, "alibi_bias_max": 8})
         super().__post_init__(**kwargs)
         # Refuse what we do not implement, naming it: never a silent other model.
-        attn, ffn, scale = self.attn_config, self.ffn_config or {}, self.logit_scale
-        gelu = (None, {"name": "gelu", "approximate": "none"})
-        checks = [
-            ("attn_config.alibi=False", attn.get("alibi", False)),
-            (f"logit_scale={scale!r}", scale in (None, "inv_sqrt_d_model")
-             or isinstance(scale, (int, float))),
-            (f"norm_type={self.norm_type!r}", self.norm_type in NORMS),
-            (f"ffn_config={ffn!r}", ffn.get("ffn_type", "mptmlp") == "mptmlp"
-             and ffn.get("ffn_act_fn") in gelu),
-            ("ffn_config.ffn_hidden_size", ffn.get("ffn_hidden_size")
-             in (None, int(self.d_model * self.expansion_ratio))),
-            (f"embedding_fraction={self.embedding_fraction}", 0 < self.embedding_fraction <= 1),
-            (f"d_model={self.d_model} for {self.n_heads} heads", self.d_model % self.n_heads == 0),
-            (f"fc_type={kwargs.get('fc_type')!r}",
-             kwargs.get("fc_type", "torch") in ("torch", {"name": "torch"})),
-            ("block_overrides", not kwargs.get("block_overrides")),
-        ]
-        for key, value in attn.items():
-            default = ATTN_DEFAULTS.get(key, "unknown")
-            # null: "no sliding window".
+        ffn, scale = self.ffn_config or {}, self.logit_scale
+        gelu = {"name": "gelu", "approximate": "none"}
+        hidden = int(self.d_model * self.expansion_ratio)
+        checks = {
+            "logit_scale": scale in (None, "inv_sqrt_d_model") or isinstance(scale, (int, float)),
+            "norm_type": self.norm_type in ("layernorm", "low_precision_layernorm"),
+            "ffn_config.ffn_type": ffn.get("ffn_type", "mptmlp") == "mptmlp",
+            "ffn_config.ffn_act_fn": ffn.get("ffn_act_fn") in (None, gelu),
+            "ffn_config.ffn_hidden_size": ffn.get("ffn_hidden_size") in (None, hidden),
+            "embedding_fraction": 0 < self.embedding_fraction <= 1,
+            f"d_model={self.d_model} for {self.n_heads} heads": self.d_model % self.n_heads == 0,
+            "fc_type": kwargs.get("fc_type", "torch") in ("torch", {"name": "torch"}),
+            "block_overrides": not kwargs.get("block_overrides"),
+        }
+        # No alibi key: llm-foundry's default, False.
+        for key, value in {"alibi": False, **self.attn_config}.items():
+            # null: "no sliding window", as -1.
             no_window = key == "sliding_window_size" and value is None
-            ok = key in ATTN_FREE or value == default or no_window
-            checks.append((f"attn_config.{key}={value!r}", ok))
-        for option, implemented in checks:
+            ok = key in ATTN_FREE or value == ATTN_DEFAULTS.get(key, "unknown") or no_window
+            checks[f"attn_config.{key}={value!r}"] = ok
+        for option, implemented in checks.items():
             if not implemented:
                 raise ValueError(f"PhoGPT config option {option} is not supported")
 
 # ---- ALiBi and masks: one attention bias ----
+# llm-foundry's gen_slopes: one slope per head, steeper = more local.
 def alibi_slopes(n_heads, alibi_bias_max=8, device=None):
-    """llm-foundry's gen_slopes: one slope per head, steeper = more local."""
     # 24 heads: 32 slopes, odd ones first, cut.
     n = 2 ** math.ceil(math.log2(n_heads))
     steps = torch.arange(1, n + 1, dtype=torch.float32, device=device)
@@ -190,8 +185,8 @@ def alibi_slopes(n_heads, alibi_bias_max=8, device=None):
         slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
     return slopes
 
+# ALiBi plus causal, padding and packing masks: one (B or 1, heads, q, k) bias.
 def alibi_bias(config, mask, position_ids, past_len, q_len, kv_len, dtype, device):
-    """ALiBi plus causal, padding and packing masks: one (B or 1, heads, q, k) bias."""
     # dist = key index - query index: 0 for itself, < 0 for the past.
     q_idx = torch.arange(q_len, device=device) + past_len
     dist = torch.arange(kv_len, device=device)[None, :] - q_idx[:, None]
@@ -220,8 +215,8 @@ def alibi_bias(config, mask, position_ids, past_len, q_len, kv_len, dtype, devic
     if torch.compiler.is_compiling():
         # Compiled decode: inductor fuses this.
         return (slopes * dist).to(dtype)[None].masked_fill(blocked, float("-inf"))
-    # Eager: fp32 maths cast as stored (on CUDA no fp32 copy: 6 GB at 8k
-    # tokens); rows padded to 16, so SDPA uses the bias without a copy.
+    # Eager: fp32 maths cast as stored (no fp32 copy: 6 GB at 8k tokens on CUDA);
+    # rows padded to 16, so SDPA uses the bias without a copy.
     padded = -(-kv_len // 16) * 16
     bias = torch.empty(1, len(slopes), q_len, padded, dtype=dtype, device=device)
     bias = bias[..., :kv_len]
@@ -255,7 +250,14 @@ class PhoGPTModel(PhoGPTPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 use_cache=None, cache_position=None, inputs_embeds=None, **kwargs):
         # past_key_values: transformers 5.23's name for the cache.
-        cache = self.kv_cache(kwargs.pop("past_key_values", cache), use_cache)
+        cache = kwargs.pop("past_key_values", cache)
+        if use_cache is None:
+            use_cache = cache is not None or self.config.use_cache
+        # Checkpointing reruns blocks: no cache.
+        if not use_cache or (self.blocks[0].gradient_checkpointing and self.training):
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         f = self.config.embedding_fraction
         if f != 1:
@@ -277,17 +279,6 @@ class PhoGPTModel(PhoGPTPreTrainedModel):
             x = block(x, bias, cache=cache)
         return BaseModelOutputWithPast(last_hidden_state=self.norm_f(x), **{CACHE_NAME: cache})
 
-    def kv_cache(self, cache, use_cache):
-        # Unsaid: a cache given, or the config.
-        if use_cache is None:
-            use_cache = cache is not None or self.config.use_cache
-        # Checkpointing reruns blocks: no cache.
-        if self.blocks[0].gradient_checkpointing and self.training:
-            use_cache = False
-        if not use_cache:
-            return None
-        return DynamicCache(config=self.config) if cache is None else cache
-
 class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
     # The output layer is wte: logits = h @ wte.T
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
@@ -301,10 +292,10 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 labels=None, use_cache=None, cache_position=None, inputs_embeds=None,
                 logits_to_keep=0, **kwargs):
-        out = self.transformer(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=kwargs.pop("past_key_values", cache), use_cache=use_cache,
-            cache_position=cache_position, inputs_embeds=inputs_embeds)
+        # past_key_values (5.23's name for cache) travels in kwargs.
+        out = self.transformer(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache, use_cache=use_cache, cache_position=cache_position,
+                               inputs_embeds=inputs_embeds, **kwargs)
         x = out.last_hidden_state
         cache = {CACHE_NAME: getattr(out, CACHE_NAME)}
         if labels is not None and self.training and torch.is_grad_enabled():
@@ -328,9 +319,8 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
         return logits if scale is None else logits * scale
 
     def answer_loss(self, x, labels, num_items_in_batch=None):
-        # transformers' loss without 7B5's 16 GB of logits (16 x 1024
-        # tokens): trained positions only, a chunk at a time, recomputed in
-        # the backward pass. Position t predicts t + 1; -100: not trained.
+        # No 16 GB of logits (7B5, 16 x 1024 tokens): trained positions only, a chunk
+        # at a time, recomputed in backward. Position t predicts t + 1; -100: not trained.
         targets = F.pad(labels, (0, 1), value=-100)[:, 1:].to(x.device)
         trained = targets != -100
         x, targets = x[trained], targets[trained]
@@ -356,30 +346,30 @@ class PhoGPTForCausalLM(PhoGPTPreTrainedModel, GenerationMixin):
         return F.pad(attention_mask, (0, width - attention_mask.shape[-1]))
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, *args, output_loading_info=False, **kwargs):
         # Missing tensor: an error, not random init.
-        want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         # lm_head is wte: not in the checkpoints.
-        missing = sorted(k for k in info["missing_keys"] if k != "lm_head.weight")
-        unexpected = sorted(info["unexpected_keys"])
-        wrong = list(info["mismatched_keys"])
+        missing = sorted(set(info["missing_keys"]) - {"lm_head.weight"})
+        unexpected, wrong = sorted(info["unexpected_keys"]), list(info["mismatched_keys"])
         if missing or unexpected or wrong:
             raise ValueError(f"the checkpoint does not match PhoGPT's architecture: missing "
                              f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
-        return (model, info) if want_info else model
+        return (model, info) if output_loading_info else model
 
 # ---- loading: one line per bad file ----
+# bf16 on a CUDA GPU that has it, fp16 on older ones (T4), else fp32;
+# device "auto" (or a device_map dict): this machine's first device.
 def pick_dtype(device=None):
-    """bf16 on a CUDA GPU that has it, fp16 on older ones (T4), else fp32."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type != "cuda":
+    if device in (None, "auto") or isinstance(device, dict):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type != "cuda":
         return torch.float32
     bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.bfloat16 if bf16 else torch.float16
 
+# from_pretrained's kwargs for a folder or a hub id (asks the hub once).
 def model_source(name_or_path):
-    """from_pretrained's kwargs for a folder or a hub id (asks the hub once)."""
     if os.path.isdir(name_or_path):
         # Files on disk: no network at all.
         return {}
@@ -387,35 +377,38 @@ def model_source(name_or_path):
     if is_path or name_or_path.count("/") != 1:
         raise OSError(f"model folder {name_or_path} not found; fix: check the path or hub id")
     from huggingface_hub import constants
-    # The hub client retries minutes: knock once.
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (80 if url.scheme == "http" else 443)
     if constants.HF_HUB_OFFLINE:
         return {"local_files_only": True}
+    # The hub client retries for minutes: knock once.
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
         socket.create_connection((url.hostname, port), timeout=5).close()
     except OSError:
         return {"local_files_only": True}
     return {}
 
+# One line (OSError) naming the first of these files that is damaged.
 def check_files(folder, names):
-    """One line (OSError) naming the first of these files that is damaged."""
     for path in [os.path.join(folder, name) for name in names]:
         try:
-            if path.endswith(".safetensors"):
-                # Header only: do the tensors fill the file?
-                safe_open(path, framework="pt")
-            elif os.path.isfile(path):
+            if path.endswith("tokenizer.json"):
+                # Valid JSON is not enough: tokenizers must read it.
+                Tokenizer.from_file(path)
+            elif path.endswith(".json"):
                 with open(path, encoding="utf-8") as f:
                     json.load(f)
+            else:
+                # Header only: do the tensors fill the file?
+                safe_open(path, framework="pt")
         except Exception as err:
             # Cut short, empty, or UTF-16 from Notepad: the reason, in brackets.
             why = str(err).split(": ")[-1][:80] if os.path.getsize(path) else "empty"
-            raise OSError(f"{path} is damaged, cut short or not UTF-8 ({why}); fix: download "
-                          "or copy it again (did the copy stop early, the disk fill?)") from None
+            raise OSError(f"{path} is damaged or not UTF-8 ({why}); fix: copy it again, "
+                          "whole (did the copy stop early, the disk fill?)") from None
 
+# One line (ValueError) for a tensor of the wrong dtype or shape, or NaN.
 def check_tensors(path, expected):
-    """One line (ValueError) for a tensor of the wrong dtype or shape, or NaN."""
     with safe_open(path, framework="pt") as f:
         for key in f.keys():
             # The header gives dtype and shape: no tensor is read for them.
@@ -435,24 +428,20 @@ def check_tensors(path, expected):
                 continue
             raise ValueError(f"{path}: tensor {key} {why}")
 
+# Before any work, one line for what a model folder gets wrong.
 def check_folder(folder):
-    """Before any work, one line for what a model folder gets wrong."""
     names = sorted(os.listdir(folder))
     if "adapter_config.json" in names and "config.json" not in names:
-        try:
-            with open(os.path.join(folder, "adapter_config.json"), "rb") as f:
-                base = json.load(f)["base_model_name_or_path"]
-        except (OSError, ValueError, LookupError, TypeError):
-            base = "unknown"
-        raise OSError(f"{folder} is a LoRA adapter, not a model; fix: pass it as --adapter "
-                      f"(its base model is {base})")
+        check_files(folder, ["adapter_config.json"])
+        with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path")
+        raise OSError(f"{folder} is a LoRA adapter (its base model is {base}); fix: pass it "
+                      "as --adapter")
     missing = [n for n in ("config.json", "tokenizer.json") if n not in names]
     if missing:
-        raise OSError(f"{folder} is not a PhoGPT model folder (no {' or '.join(missing)}): "
-                      "pass the folder with the model's files")
-    weights = [n for n in names if n.endswith((".index.json", ".safetensors"))]
-    check_files(folder, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                         "config.json", "generation_config.json", *weights])
+        raise OSError(f"{folder} is not a PhoGPT model folder (no {missing[0]}); fix: pass "
+                      "the folder with the model's files")
+    check_files(folder, [n for n in names if n.endswith((".json", ".safetensors"))])
     config = PhoGPTConfig.from_pretrained(folder)
     # bitsandbytes saves 4-bit and 8-bit weights as ints, in other shapes.
     if getattr(config, "quantization_config", None):
@@ -460,26 +449,20 @@ def check_folder(folder):
     # The shapes config.json asks for, on the meta device: no memory, 0.04 s.
     with torch.device("meta"):
         expected = PhoGPTForCausalLM(config).state_dict()
-    for name in weights:
+    for name in names:
         if name.endswith(".safetensors"):
             check_tensors(os.path.join(folder, name), expected)
 
-def load_error_message(name_or_path, err, source, torch_load=False):
-    if torch_load:
-        bins = [n for n in os.listdir(name_or_path) if n.endswith((".bin", ".pt"))]
-        where = f"the weights of {name_or_path}"
-        where = os.path.join(name_or_path, bins[0]) if len(bins) == 1 else where
-        return (f"{where} is not plain PyTorch weights (damaged, or a pickle with code, "
-                "never run); fix: download it again from a source you trust")
+# The one line for a model that did not load, with its fix.
+def load_error(name_or_path, err, source):
     if source.get("local_files_only"):
-        return (f"{name_or_path} is not downloaded here and the Hugging Face Hub is offline; "
-                "fix: connect once, pass the model's folder with --model, or try the offline "
-                "tour: python tiny_phogpt.py, then --model tiny-phogpt")
+        return OSError(f"{name_or_path} is not downloaded and the Hub is offline; fix: connect "
+                       "once, or try python tiny_phogpt.py, then --model tiny-phogpt")
     if not os.path.isdir(name_or_path):
-        return (f"could not load {name_or_path} from the Hugging Face Hub: check the model "
-                "id (e.g. vinai/PhoGPT-4B-Chat), or download it once and pass its folder")
+        return OSError(f"could not load {name_or_path} from the Hugging Face Hub; fix: check "
+                       "the id (e.g. vinai/PhoGPT-4B-Chat), or pass a downloaded folder")
     first_line = (str(err).splitlines() or [""])[0][:200]
-    return f"{name_or_path} could not be loaded as PhoGPT: {first_line}"
+    return OSError(f"{name_or_path} could not be loaded as PhoGPT: {first_line}")
 
 def load_tokenizer(name_or_path, source=None):
     # Not AutoTokenizer: MptConfig rejects ours.
@@ -489,36 +472,26 @@ def load_tokenizer(name_or_path, source=None):
     try:
         return PreTrainedTokenizerFast.from_pretrained(name_or_path, **source)
     except Exception as err:
-        if not os.path.isdir(name_or_path):
-            raise OSError(load_error_message(name_or_path, err, source)) from None
-        # JSON, but not a tokenizer: a KeyError, or tokenizers' own Exception.
-        why = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-        raise OSError(f"{os.path.join(name_or_path, 'tokenizer.json')} does not load ({why}); "
-                      "fix: copy it again from the model it came with") from None
+        raise load_error(name_or_path, err, source) from None
 
+# (model, tokenizer); any failure is one line (OSError or ValueError).
 def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
                 trust_remote_code=False, quant_type="nf4", double_quant=True):
-    """(model, tokenizer); any failure is one line (OSError or ValueError)."""
     if load_in not in ("none", "4bit", "8bit"):
         raise ValueError(f"load_in must be 'none', '4bit' or '8bit', not {load_in!r}")
-    if dtype is None:
-        # device_map="cpu" or "cuda:0" says where: pick for that device.
-        placed = isinstance(device_map, (str, torch.device)) and device_map != "auto"
-        dtype = pick_dtype(device_map if placed else None)
+    dtype = dtype or pick_dtype(device_map)
     # One look at the hub (none for a folder); the tokenizer checks a folder first.
     source = model_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path, source)
     kwargs = dict(dtype=dtype, device_map=device_map, **source)
     if load_in != "none":
-        # Only when asked: bitsandbytes is slow.
-        from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=load_in == "4bit", load_in_8bit=load_in == "8bit",
             bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=dtype)
     model_class = PhoGPTForCausalLM
     if trust_remote_code:
-        from transformers import AutoModelForCausalLM as model_class
+        model_class = AutoModelForCausalLM
         kwargs["trust_remote_code"] = True
     try:
         with warnings.catch_warnings():
@@ -526,15 +499,17 @@ def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             model = model_class.from_pretrained(name_or_path, **kwargs)
     except Exception as err:
-        # Did torch.load refuse a .bin?
+        # Did torch.load refuse a .bin (damaged, or a pickle with code)?
         frames = traceback.extract_tb(err.__traceback__)
-        torch_load = any(f.filename.endswith(("serialization.py", "_unpickler.py"))
-                         for f in frames)
+        if any(f.filename.endswith(("serialization.py", "_unpickler.py")) for f in frames):
+            bins = [n for n in os.listdir(name_or_path) if n.endswith(".bin")]
+            where = os.path.join(name_or_path, bins[0]) if len(bins) == 1 else name_or_path
+            raise OSError(f"{where}: not plain PyTorch weights (damaged, or code in a pickle, "
+                          "never run); fix: download it again from a source you trust") from None
         # Not about files (a bad config): as is.
-        if not (torch_load or isinstance(err, OSError)):
+        if not isinstance(err, OSError):
             raise
-        message = load_error_message(name_or_path, err, source, torch_load)
-        raise OSError(message) from None
+        raise load_error(name_or_path, err, source) from None
     # bitsandbytes repacks 4-bit weights for a CPU kernel at the first no-grad forward (an
     # eval); that kernel has no backward, so training after it would fail. Keep the plain one.
     for layer in model.modules():

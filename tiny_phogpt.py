@@ -1,19 +1,15 @@
-"""A tiny random PhoGPT-4B-Chat, in the published format, for offline tours.
+"""A tiny random PhoGPT-4B-Chat for offline tours.
 
-    python tiny_phogpt.py   # tiny-phogpt/ in seconds; then --model tiny-phogpt
+    python tiny_phogpt.py  # then --model tiny-phogpt
 """
 import argparse
 import json
-import math
-import os
 from pathlib import Path
 
 import plumbing
 import prompts
-from plumbing import between, fail
 
-# PhoGPT-4B-Chat's published config.json.
-# A tiny one changes the shape only.
+# PhoGPT-4B-Chat's config.json, as published.
 PHOGPT_4B_CHAT_CONFIG = {
     "architectures": ["MPTForCausalLM"],
     "attn_config": {"alibi": True, "alibi_bias_max": 8, "attn_impl": "torch", "attn_pdrop": 0.0,
@@ -34,38 +30,28 @@ PHOGPT_4B_CHAT_CONFIG = {
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>",
                   "eos_token": "</s>", "pad_token": "<pad>"}
 
-
 def save_tiny_checkpoint(path, texts, d_model=64, n_heads=4, n_layers=2, max_seq_len=512,
                          vocab_size=None, no_bias=False, seed=0):
-    """A tiny random PhoGPT-4B-Chat checkpoint in the folder `path`."""
     # Imported here: --help stays instant.
     import torch
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
+    from tokenizers import ByteLevelBPETokenizer
     from phogpt_model import PhoGPTConfig, PhoGPTForCausalLM
-    os.makedirs(path, exist_ok=True)
+    Path(path).mkdir(parents=True, exist_ok=True)
     # Byte-level BPE, as PhoGPT's: any Vietnamese
     # text round-trips. Trained in milliseconds.
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000, show_progress=False,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([str(t) for t in texts] or ["xin chào"], trainer)
-    bpe.save(os.path.join(path, "tokenizer.json"))
-    tokenizer_config = {
-        **SPECIAL_TOKENS, "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": max_seq_len,
-        "padding_side": "right",
-        "tokenizer_class": "BloomTokenizer",
-        "chat_template": prompts.PHOGPT_CHAT_TEMPLATE_JINJA,
-    }
-    # Padded to a multiple of 64, as PhoGPT's 20480.
-    vocab_size = vocab_size or 64 * math.ceil(bpe.get_vocab_size() / 64)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(texts) or ["xin chào"], vocab_size=2000, min_frequency=0,
+                            show_progress=False, special_tokens=list(SPECIAL_TOKENS.values()))
+    bpe.save(str(Path(path, "tokenizer.json")))
+    tokenizer_config = dict(
+        SPECIAL_TOKENS, add_prefix_space=False,
+        clean_up_tokenization_spaces=False,
+        model_max_length=max_seq_len, padding_side="right",
+        tokenizer_class="BloomTokenizer",
+        chat_template=prompts.PHOGPT_CHAT_TEMPLATE_JINJA)
+    # Up to a multiple of 64, as PhoGPT's 20480.
+    vocab_size = vocab_size or (bpe.get_vocab_size() + 63) // 64 * 64
     config = dict(PHOGPT_4B_CHAT_CONFIG, d_model=d_model, n_heads=n_heads,
                   n_layers=n_layers, max_seq_len=max_seq_len, no_bias=no_bias,
                   vocab_size=vocab_size, torch_dtype="float32")
@@ -81,70 +67,59 @@ def save_tiny_checkpoint(path, texts, d_model=64, n_heads=4, n_layers=2, max_seq
     # touch: at std 0.02 a tiny model's logits
     # stay too flat to learn an answer exactly.
     model.transformer.wte.weight.data.normal_(std=0.16)
-    # lm_head is wte: the checkpoint stores it once.
-    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    # lm_head is wte: saved once, as transformer.wte.
+    state = model.transformer.state_dict(prefix="transformer.")
+    save_file(state, Path(path, "model.safetensors"), metadata={"format": "pt"})
     # As published: no EOS, use_cache false (load_phogpt fixes both).
-    generation = {"_from_model_config": True, "use_cache": False,
-                  "transformers_version": "4.34.1"}
+    generation = {"_from_model_config": True, "use_cache": False, "transformers_version": "4.34.1"}
     files = {"config.json": config, "generation_config.json": generation,
-             "tokenizer_config.json": tokenizer_config,
-             "special_tokens_map.json": SPECIAL_TOKENS}
+             "tokenizer_config.json": tokenizer_config, "special_tokens_map.json": SPECIAL_TOKENS}
     for name, content in files.items():
         text = json.dumps(content, ensure_ascii=False, indent=2)
         Path(path, name).write_text(text, encoding="utf-8")
     return path
 
-
 if __name__ == "__main__":
     # ---- flags ----
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output", default="tiny-phogpt", help="folder to write")
-    parser.add_argument("--data", default="data",
-                        help="a .jsonl file, or a folder of them, for the tokenizer")
-    # Any integer torch takes is a seed.
-    seeds = between(-(2**63), 2**64 - 1, int)
-    parser.add_argument("--seed", type=seeds, default=0, help="seed of the weights")
+    add = parser.add_argument
+    add("--output", default="tiny-phogpt", help="folder to write")
+    add("--data", default="data", help="a .jsonl file, or a folder of them, for the tokenizer")
+    add("--seed", type=plumbing.between(0, 2**32 - 1, int), default=0, help="seed of the weights")
     # PhoGPT-4B: 3072 wide, 32 blocks, 24 heads.
-    parser.add_argument("--d-model", default=64, type=between(8, 4096, int), help="width")
-    parser.add_argument("--n-layers", default=2, type=between(1, 64, int), help="blocks")
-    parser.add_argument("--n-heads", default=4, type=between(1, 64, int), help="heads")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an --output that an earlier run made")
+    add("--d-model", default=64, type=plumbing.between(8, 4096, int), help="width")
+    add("--n-layers", default=2, type=plumbing.between(1, 64, int), help="blocks")
+    add("--n-heads", default=4, type=plumbing.between(1, 64, int), help="heads")
+    add("--overwrite", action="store_true", help="replace an --output an earlier run made")
     args = plumbing.parse_flags(parser)
 
     # ---- check every input, before any work ----
     # Each head gets d_model / n_heads of the width.
     if args.d_model % args.n_heads:
-        fail(f"--d-model {args.d_model} is not a multiple of "
-             f"--n-heads {args.n_heads}; fix: e.g. --d-model 64")
+        plumbing.fail(f"--d-model {args.d_model} is not a multiple of --n-heads "
+                      f"{args.n_heads}; fix: e.g. --d-model 64")
     data = Path(args.data)
     files = sorted(data.glob("*.jsonl")) if data.is_dir() else [data]
     if not files or not all(f.is_file() for f in files):
-        fail(f"--data {data}: no .jsonl file there; "
-             "fix: point it at data/ or a .jsonl file")
+        plumbing.fail(f"--data {data}: no .jsonl file; fix: point it at data/ or a .jsonl file")
     # Template strings: a prompt costs a few tokens.
     texts = [prompts.PHOGPT_USER_FIRST + prompts.PHOGPT_ASSISTANT,
              prompts.INSTRUCT_USER + prompts.INSTRUCT_ASSISTANT]
-    for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            fail(f"--data {file}: not UTF-8 text; fix: save it as UTF-8")
-        # NFC: two spellings of most accents, one here.
-        texts.append(prompts.nfc(text))
+    # Read as training reads them: checked, and NFC.
+    rows = [row for file in files for _, row in plumbing.read_rows(file)]
+    texts += [json.dumps(row, ensure_ascii=False) for row in rows]
     output = plumbing.claim_output(args.output, args.overwrite)
 
-    # ---- write under a name of this run, moved in ----
+    # ---- write under a temporary name, moved in ----
     staging = plumbing.temp_name(output / "tiny")
     try:
-        save_tiny_checkpoint(staging, texts, d_model=args.d_model, n_heads=args.n_heads,
-                             n_layers=args.n_layers, seed=args.seed)
+        save_tiny_checkpoint(staging, texts, args.d_model, args.n_heads, args.n_layers,
+                             seed=args.seed)
         # Complete: only now does an earlier one go.
         plumbing.make_way(output)
         plumbing.move_in(staging, output, last="config.json")
     except OSError as error:
-        fail(f"could not write {output} ({error.strerror}); fix: free some space")
+        plumbing.fail(f"could not write {output} ({error.strerror}); fix: free some space")
     plumbing.release_outputs()
     print(f"wrote a tiny random PhoGPT to {output}")
