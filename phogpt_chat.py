@@ -32,13 +32,16 @@ parser.add_argument("--template", default="auto", choices=["auto", "chat", "inst
                     help="prompt (auto: instruct if the model's name says so)")
 # the conversation
 parser.add_argument("--system", default="", help="instructions for the whole chat")
-parser.add_argument("--max-length", type=between(16, 10**6, int), help="None: the model's")
+parser.add_argument("--max-length", type=between(16, 10**6, int), default=0,
+                    help="context in tokens, prompt + answer (0: the model's)")
 # sampling: VinAI's README uses temperature 1.0, top_k 50, top_p 0.9
 parser.add_argument("--temperature", type=between(0, 10), default=1.0, help="0 = greedy")
 parser.add_argument("--top-p", type=between(0.01, 1), default=0.9, help="nucleus sampling")
 parser.add_argument("--top-k", type=between(0, 10**6, int), default=50, help="0 = all tokens")
-parser.add_argument("--repetition-penalty", type=between(0.01, 10), default=1.0, help=">1: less")
-parser.add_argument("--max-new-tokens", type=between(1, 10**6, int), default=1024, help="answer")
+parser.add_argument("--repetition-penalty", type=between(0.01, 10), default=1.0,
+                    help="above 1 discourages repeating the chat")
+parser.add_argument("--max-new-tokens", type=between(1, 10**6, int), default=1024,
+                    help="longest answer (at most half the context)")
 parser.add_argument("--seed", type=between(0, 2**32 - 1, int), default=1337)
 # what to run
 parser.add_argument("--prompt", default="", help="answer this one question and end (or stdin)")
