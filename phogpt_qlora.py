@@ -4,10 +4,7 @@
     python phogpt_qlora.py --data data/faq_vi.jsonl --dry-run  # check the data first
     python phogpt_chat.py --adapter phogpt-adapter             # chat with what it learnt
 
-No GPU? `python tiny_phogpt.py`, then `--model tiny-phogpt
---data data/faq_tiny_vi.jsonl --output tiny-adapter --epochs 100 --lr 1e-2`:
-a tiny random PhoGPT memorises six answers in a minute on a CPU
-(it memorises; it does not understand).
+No GPU? README.md: a tiny PhoGPT (tiny_phogpt.py) memorises six answers in a minute.
 """
 import argparse
 import functools
@@ -19,18 +16,16 @@ import os
 import shlex
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import plumbing
 from plumbing import between, fail, say
 
-
 # ---- flags: the knobs, each with its default ----
+# --help: the defaults, and the commands as written.
 class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows every default, and the commands above as written."""
-
+    pass
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
 add = parser.add_argument
@@ -41,49 +36,35 @@ add("--eval-data", default="none", help="held-out rows: loss, recall")
 add("--output", default="phogpt-adapter", help="folder for the adapter and report")
 add("--overwrite", action="store_true", help="replace the run in --output")
 add("--resume", action="store_true", help="continue the run in --output")
-add("--template", default="auto", choices=["auto", "chat", "instruct"],
-    help="auto: instruct if the model's name says so")
+add("--template", default="auto", choices=["auto", "chat", "instruct"], help="auto: by name")
 add("--dry-run", action="store_true", help="check the data, show examples")
 add("--report-to", default="none", help="tensorboard, wandb, ... (comma-separated)")
 # Precision and LoRA: the seed recipe.
-add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-    help="auto: cuda, else mps, else cpu")
-add("--load-in", default="auto", choices=["auto", "4bit", "8bit", "none"],
-    help="base weights; auto: 4bit on CUDA")
-add("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-    help="auto: bf16, fp16 on a T4, fp32 on CPU")
+add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="cuda > mps > cpu")
+add("--load-in", default="auto", choices=["auto", "4bit", "8bit", "none"], help="4bit on CUDA")
+add("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="bf16 > fp16 > fp32")
 add("--quant-type", default="nf4", choices=["nf4", "fp4"], help="4-bit format")
-add("--double-quant", default=True, action=argparse.BooleanOptionalAction,
-    help="quantise the 4-bit scales too")
+add("--double-quant", default=True, action=argparse.BooleanOptionalAction, help="quantise scales")
 add("--lora-r", type=between(1, 1024, int), default=32, help="LoRA rank")
 add("--lora-alpha", type=between(1, 4096, int), default=32, help="scale = alpha / r")
 add("--lora-dropout", type=between(0, 0.99), default=0.05, help="on the LoRA input")
 add("--lora-targets", default="attn.Wqkv,attn.out_proj,ffn.up_proj,ffn.down_proj",
     help="Linear layers that get LoRA")
 # Training.
-add("--epochs", type=between(0.01, 100_000), default=30,
-    help="passes over the data (the seed: 30)")
-add("--max-steps", type=between(0, 10**7, int), default=0,
-    help="optimizer steps (0: use --epochs)")
-add("--batch-size", type=between(1, 4096, int), default=16,
-    help="examples per step per GPU (the seed: 1)")
-add("--grad-accum", type=between(1, 4096, int), default=1,
-    help="steps per optimizer update")
+add("--epochs", type=between(0.01, 100_000), default=30, help="passes over the data")
+add("--max-steps", type=between(0, 10**7, int), default=0, help="0: use --epochs")
+add("--batch-size", type=between(1, 4096, int), default=16, help="examples per step")
+add("--grad-accum", type=between(1, 4096, int), default=1, help="steps per update")
 add("--lr", type=between(1e-8, 1), default=1e-4, help="peak learning rate")
 add("--lr-scheduler", default="cosine", help="a transformers schedule")
 add("--warmup-steps", type=between(0, 10**7, int), default=0, help="linear warm-up")
-add("--max-length", type=between(16, 10**6, int), default=1024,
-    help="tokens per example; longer ones are cut")
+add("--max-length", type=between(16, 10**6, int), default=1024, help="tokens per row")
 add("--packing", action="store_true", help="one row per batch, no padding")
-add("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"],
-    help="less memory, more time; auto: on with CUDA")
+add("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"], help="on with CUDA")
 add("--optim", default="auto", help="auto: fused AdamW on CUDA, else AdamW")
-add("--save-steps", type=between(1, 10**12, int), default=100,
-    help="checkpoint every N steps")
-add("--logging-steps", type=between(0, 10**12, int), default=0,
-    help="a loss line every N steps (0: 20 in all)")
-add("--recall-limit", type=between(-1, 10**12, int), default=0,
-    help="answers checked at the end (0: all, -1: none)")
+add("--save-steps", type=between(1, 10**12, int), default=100, help="checkpoint every N")
+add("--logging-steps", type=between(0, 10**12, int), default=0, help="0: 20 in all")
+add("--recall-limit", type=between(-1, 10**12, int), default=0, help="0: all, -1: none")
 add("--seed", type=between(0, 2**32 - 1, int), default=42, help="random seed")
 args = plumbing.parse_flags(parser)
 
@@ -93,13 +74,12 @@ plumbing.on_ctrl_c("stopped by Ctrl+C before training started: nothing was train
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
 # Heavy imports after the flags: --help is instant.
 import torch
-
 # bitsandbytes only for --load-in 4bit/8bit.
 plumbing.keep_hub_code_out(args.load_in, torch.cuda.is_available())
 from peft import LoraConfig, get_peft_model
-from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+from transformers import ProgressCallback, Trainer, TrainingArguments
 from transformers.integrations import get_reporting_integration_callbacks
-from transformers.trainer_callback import ProgressCallback
 
 import prompts
 from phogpt_model import load_phogpt, load_tokenizer, pick_dtype
@@ -116,22 +96,19 @@ device = plumbing.pick_device(args.device)
 cuda = device == "cuda"
 load_in = plumbing.pick_load_in(args.load_in, device)
 gpu_name = torch.cuda.get_device_name() if cuda else device
-# A T4 would emulate bf16, slowly.
-bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-if args.dtype == "bf16" and cuda and not bf16:
-    fail(f"{gpu_name} has no bf16; fix: --dtype fp16 (or auto)")
 dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 dtype = dtypes.get(args.dtype) or pick_dtype(device)
-checkpointing = args.gradient_checkpointing == "on" or (
-    args.gradient_checkpointing == "auto" and cuda)
+# A T4 has no bf16 of its own: emulated, it crawls.
+if dtype == torch.bfloat16 and cuda and pick_dtype(device) != dtype:
+    fail(f"{gpu_name} has no bf16; fix: --dtype fp16 (or auto)")
+checkpointing = {"on": True, "off": False}.get(args.gradient_checkpointing, cuda)
 # A PhoGPT block's Linear layers: where LoRA can go.
 LORA_LAYERS = ("attn.Wqkv", "attn.out_proj", "ffn.up_proj", "ffn.down_proj")
 targets = [name.strip() for name in args.lora_targets.split(",")]
 for name in targets:
     # peft matches the end: "Wqkv" is "attn.Wqkv".
     if not any(f".{layer}".endswith(f".{name}") for layer in LORA_LAYERS):
-        fail(f"--lora-targets: {name!r} is not a Linear layer of PhoGPT; "
-             f"fix: choose among {','.join(LORA_LAYERS)}")
+        fail(f"--lora-targets: {name!r} is not a LoRA layer; fix: use {','.join(LORA_LAYERS)}")
 # Locked at once: a second run into it stops here.
 if not args.dry_run:
     plumbing.claim_output(out_dir, args.overwrite, args.resume, protect={
@@ -150,36 +127,32 @@ TURNS = (("messages", "role", "content"), ("conversations", "from", "value"))
 # (question, answer) fields in known data sets.
 PAIRS = (("prompt", "response"), ("instruction", "output"), ("question", "answer"))
 
-
 # A row -> messages, or (ready-made prompt, answer).
 def row_to_messages(row, where):
     if not isinstance(row, dict):
-        fail(f"{where}: expected an object, got {type(row).__name__}; "
-             'fix: e.g. {"question": ..., "answer": ...}')
+        fail(f'{where}: expected an object; fix: e.g. {{"question": "...", "answer": "..."}}')
     for field, role_key, text_key in [t for t in TURNS if t[0] in row]:
         messages = []
         turns = row[field] if isinstance(row[field], list) else [row[field]]
         for i, turn in enumerate(turns):
             role = turn.get(role_key) if isinstance(turn, dict) else turn
             if role not in ROLES:
-                fail(f"{where}: field '{field}[{i}].{role_key}' is {role!r}; "
-                     f"fix: use one of {', '.join(ROLES)}")
+                fail(f"{where}: '{field}[{i}].{role_key}' is {role!r}; fix: use {', '.join(ROLES)}")
             fix = f"give '{field}[{i}].{text_key}' some text"
             text = plumbing.text_field(turn, text_key, where, fix)
             messages.append({"role": ROLES[role], "content": text})
+        # The template folds a system text into the first question.
         said = [m["role"] for m in messages if m["role"] != "system"]
         if not said or said != ["user", "assistant"] * (len(said) // 2):
-            fail(f"{where}: field '{field}' has roles {said}; fix: alternate "
-                 "user/assistant, user first, assistant last")
+            fail(f"{where}: '{field}' has roles {said}; fix: user, assistant, user, assistant...")
         return messages
     for ask, reply in [p for p in PAIRS if p[0] in row or p[1] in row]:
         question = plumbing.text_field(row, ask, where, f"give every row a '{ask}'")
-        fix = f"give every row a non-empty '{reply}'"
-        answer = plumbing.text_field(row, reply, where, fix)
+        answer = plumbing.text_field(row, reply, where, f"give every row a '{reply}'")
+        # Alpaca's optional 'input': below the task.
         extra = row.get("input") if ask == "instruction" else None
         if extra is not None and not isinstance(extra, str):
-            fail(f"{where}: field 'input' is {type(extra).__name__}, not text; "
-                 "fix: write it as text, or leave it out")
+            fail(f"{where}: field 'input' is {type(extra).__name__}; fix: make it text or drop it")
         if extra and extra.strip():
             question = question.strip() + "\n\n" + prompts.nfc(extra).strip()
         # VinAI's own rows carry the whole prompt.
@@ -187,11 +160,10 @@ def row_to_messages(row, where):
             return question, answer
         return [{"role": "user", "content": question},
                 {"role": "assistant", "content": answer}]
-    fail(f"{where}: no known fields (got {', '.join(row) or 'none'}); fix: use "
-         "prompt/response, instruction/input/output, question/answer, messages "
-         "or conversations")
+    fail(f"{where}: no known fields (got {', '.join(row) or 'none'}); fix: use question/answer, "
+         "prompt/response, instruction/input/output, messages or conversations")
 
-
+# Every row checked: no run on half the data.
 def read_conversations(source):
     rows = list(plumbing.read_rows(source))
     if not rows:
@@ -200,27 +172,24 @@ def read_conversations(source):
     # Markers or "</s>" would teach forged turns.
     found = []
     for (where, _), shape in zip(rows, shapes):
-        # A ready-made prompt: only its answer.
+        # Ready-made prompts have them, answers not.
         texts = [shape[1]] if isinstance(shape, tuple) else [m["content"] for m in shape]
-        markers = [mark for text in texts for mark in prompts.turn_markers(text)]
-        found += [(where, markers[0])] if markers else []
+        marks = [mark for text in texts for mark in prompts.turn_markers(text)]
+        found += [(where, mark) for mark in marks[:1]]
     if found:
         where, marker = found[0]
         fail(f"{where}: the text contains {marker!r} ({len(found)} of {len(rows)} "
-             "rows do); fix: remove template markers (### Câu hỏi, ### Trả lời) "
-             "and tokens like </s>")
+             "rows do); fix: remove markers like ### Câu hỏi, ### Trả lời and </s>")
     return shapes
 
-
-# Data first, tokenizer (a download) next.
+# Data first: a typo shows before a long download.
 shapes = read_conversations(data_name)
 eval_shapes = read_conversations(eval_name) if eval_name else []
 # Held out means: rows the model never trained on.
-trained_rows = {json.dumps(shape) for shape in shapes}
-both = sum(json.dumps(shape) in trained_rows for shape in eval_shapes)
-if eval_shapes and both == len(eval_shapes):
-    fail(f"--eval-data {eval_name}: every row is also in --data, a held-out score on "
-         "the training data; fix: hold out other rows (e.g. rephrased questions)")
+seen = {json.dumps(shape) for shape in shapes}
+both = sum(json.dumps(shape) in seen for shape in eval_shapes)
+if eval_name and both == len(eval_shapes):
+    fail(f"--eval-data {eval_name}: a held-out score on the training data; fix: use other rows")
 if both:
     print(f"lưu ý: {both}/{len(eval_shapes)} dòng của --eval-data cũng có trong --data",
           file=sys.stderr)
@@ -228,52 +197,37 @@ try:
     tokenizer = load_tokenizer(model_name)
 except (OSError, ValueError) as err:
     fail(err)
-EOS = tokenizer.eos_token_id
+EOS, eos = tokenizer.eos_token_id, tokenizer.eos_token
 
-
-# (text, is_answer) pieces -> input_ids, and labels:
-# the answers' ids, -100 elsewhere (not trained).
-def tokenize(segments):
-    input_ids, labels = [], []
-    for text, is_answer in segments:
-        # An answer's EOS goes in as its id.
-        has_eos = is_answer and text.endswith(tokenizer.eos_token)
-        text = text.removesuffix(tokenizer.eos_token) if has_eos else text
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids += [EOS] if has_eos else []
-        input_ids += ids
-        labels += ids if is_answer else [-100] * len(ids)
-    return input_ids, labels
-
-
-# Conversations -> examples cut to --max-length,
-# how many were cut, and the longest one whole.
+# Labels: the answers' ids; -100 is not trained.
 def tokenize_all(shapes, source):
     examples, truncated, longest = [], 0, 0
     for shape in shapes:
         if isinstance(shape, tuple):
-            # Ready-made: the answer as in chat.
-            answer = " " + shape[1].strip() + tokenizer.eos_token
-            segments = [(shape[0], False), (answer, True)]
+            # Ready-made: a space first, as in chat.
+            segments = [(shape[0], False), (" " + shape[1].strip() + eos, True)]
         else:
-            eos = tokenizer.eos_token
             segments = prompts.conversation_segments(shape, eos, template)
-        input_ids, labels = tokenize(segments)
+        input_ids, labels = [], []
+        for text, is_answer in segments:
+            # An answer's </s>: the EOS id, always.
+            has_eos = is_answer and text.endswith(eos)
+            text = text.removesuffix(eos) if has_eos else text
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += [EOS] if has_eos else []
+            input_ids += ids
+            labels += ids if is_answer else [-100] * len(ids)
         longest = max(longest, len(input_ids))
         truncated += len(input_ids) > args.max_length
-        input_ids = input_ids[:args.max_length]
         labels = labels[:args.max_length]
         # No answer token left: nothing to learn.
         if any(label != -100 for label in labels):
-            mask = [1] * len(input_ids)
-            examples.append({"input_ids": input_ids, "labels": labels,
-                             "attention_mask": mask})
+            examples.append({"input_ids": input_ids[:args.max_length], "labels": labels})
     # No </s> to learn: the model would never stop.
     if not any(EOS in example["labels"] for example in examples):
         fail(f"{source}: --max-length {args.max_length} cuts the end (</s>) off "
              f"every answer; fix: --max-length {longest} keeps them whole")
     return examples, truncated, longest
-
 
 examples, truncated, longest = tokenize_all(shapes, data_name)
 eval_examples = tokenize_all(eval_shapes, eval_name)[0] if eval_name else []
@@ -281,77 +235,67 @@ lengths = [len(e["input_ids"]) for e in examples]
 answer_tokens = sum(len(e["labels"]) - e["labels"].count(-100) for e in examples)
 # A few cut answers: a notice (they lose </s>).
 cut_note = f"{truncated} truncated by --max-length {args.max_length}"
-if truncated:
-    cut_note += f" ({longest} keeps all)"
-if len(examples) < len(shapes):
-    cut_note += f", {len(shapes) - len(examples)} of them dropped (no answer left)"
-say(f"{len(examples)} examples from {data_name}, template '{template}': tokens "
+cut_note += f" ({longest} keeps all)" if truncated else ""
+# A row cut before its first answer is dropped.
+say(f"{len(examples)}/{len(shapes)} examples from {data_name}, template '{template}': tokens "
     f"min {min(lengths)}, median {statistics.median(lengths):.0f}, "
     f"max {max(lengths)}; {answer_tokens} trained (answer) tokens; {cut_note}")
 if eval_name:
     say(f"{len(eval_examples)} held-out examples from {eval_name}")
-# Optimizer steps as the Trainer counts them
-# (torchrun splits the rows).
+# Optimizer steps as the Trainer counts them.
 world = int(os.environ.get("WORLD_SIZE", "1"))
 batches = math.ceil(math.ceil(len(examples) / world) / args.batch_size)
 steps_per_epoch = max(1, math.ceil(batches / args.grad_accum))
 total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
-# What the weights depend on: --resume must match.
-data_id = data_name
-if Path(data_name).is_file():
-    data_id = hashlib.sha256(Path(data_name).read_bytes()).hexdigest()[:16]
-run = {"model": model_name, "data": data_name, "data_sha256": data_id,
-       "template": template, "max_length": args.max_length,
-       "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
+# --resume must match what the weights depend on.
+data_id = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()
+run = {"model": model_name, "data": data_name, "data_sha256": data_id, "template": template,
+       "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
        "lora_targets": targets}
 done_steps = plumbing.same_run(out_dir, last, run, total_steps)
 
-# TrainingArguments judges --optim, --lr-scheduler
-# and --report-to: one line if it refuses.
+# TrainingArguments judges these flags.
 optim = args.optim
 if optim == "auto":
     optim = "adamw_torch_fused" if cuda else "adamw_torch"
 try:
     settings = TrainingArguments(
         output_dir=str(out_dir), seed=args.seed, optim=optim,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.lr, lr_scheduler_type=args.lr_scheduler,
         warmup_steps=args.warmup_steps, num_train_epochs=args.epochs,
-        max_steps=args.max_steps or -1,
+        max_steps=args.max_steps or -1, gradient_accumulation_steps=args.grad_accum,
+        # Eval too: its default, 8, may not fit.
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         # About 20 points on every curve.
         logging_steps=args.logging_steps or max(1, total_steps // 20),
         save_steps=args.save_steps, save_total_limit=2,
         eval_strategy="epoch" if eval_examples else "no",
-        prediction_loss_only=True, disable_tqdm=False,
-        report_to=args.report_to.split(","),
-        include_num_input_tokens_seen="non_padding",
-        use_cpu=device == "cpu",
-        bf16=cuda and dtype == torch.bfloat16,
-        fp16=cuda and dtype == torch.float16,
-        ddp_find_unused_parameters=False,
-        remove_unused_columns=False,
+        # Loss only: all logits would fill memory.
+        prediction_loss_only=True, disable_tqdm=False, report_to=args.report_to.split(","),
+        include_num_input_tokens_seen="non_padding", use_cpu=device == "cpu",
+        bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
+        # Recompute in backward: slower, smaller.
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         # Batches of like lengths pad little.
         train_sampling_strategy="random" if args.packing else "group_by_length")
     # Trackers check that their package is there.
-    reporting = get_reporting_integration_callbacks(settings.report_to)
-    [tracker() for tracker in reporting]
+    [tracker() for tracker in get_reporting_integration_callbacks(settings.report_to)]
     Trainer.get_optimizer_cls_and_kwargs(settings)
 except (ValueError, RuntimeError, ImportError) as err:
     reason = str(err).splitlines()[0][:200]
-    flags = {"--optim": optim, "--lr-scheduler": args.lr_scheduler,
-             "--report-to": args.report_to}
-    flag = next((f"{f} {v}" for f, v in flags.items() if v in reason), "a flag")
-    fail(f"{flag}: {reason}; fix: see python phogpt_qlora.py --help")
+    fail(f"--optim, --lr-scheduler or --report-to: {reason}; fix: see --help")
+
+# An example's runs of trained and untrained ids.
+def spans(example):
+    pairs = zip(example["input_ids"], example["labels"])
+    for trained, span in itertools.groupby(pairs, key=lambda pair: pair[1] != -100):
+        yield trained, [i for i, _ in span]
 
 if args.dry_run:
     say(f"dry run: {data_name} is valid ({len(shapes)} rows).")
     for example in examples[:2]:
-        pairs = zip(example["input_ids"], example["labels"])
-        spans = itertools.groupby(pairs, key=lambda pair: pair[1] != -100)
-        texts = [(trained, tokenizer.decode([i for i, _ in span]))
-                 for trained, span in spans]
+        texts = [(trained, tokenizer.decode(ids)) for trained, ids in spans(example)]
         marked = "".join(f"⟦{text}⟧" if trained else text for trained, text in texts)
         say("---- example (trained tokens in ⟦ ⟧) ----\n" + marked)
     plumbing.on_ctrl_c(None)
@@ -364,62 +308,42 @@ if device == "cpu" and load_in == "none":
 # One whole model per torchrun process (GPU).
 device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else None
 try:
-    base, tokenizer = load_phogpt(
-        model_name, load_in=load_in, dtype=dtype, device_map=device_map,
-        quant_type=args.quant_type, double_quant=args.double_quant)
+    base, tokenizer = load_phogpt(model_name, load_in=load_in, dtype=dtype, device_map=device_map,
+                                  quant_type=args.quant_type, double_quant=args.double_quant)
 except (OSError, ValueError) as err:
     fail(err)
-# Recomputing activations in the backward pass:
-# a third more time for much less memory.
-if checkpointing:
-    base.activation_checkpointing_enable(
-        activation_checkpointing_kwargs={"use_reentrant": False})
-lora_config = LoraConfig(
+model = get_peft_model(base, LoraConfig(
     r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-    target_modules=targets, bias="none", task_type="CAUSAL_LM")
-model = get_peft_model(base, lora_config)
-trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-weights = {"4bit": f"4-bit {args.quant_type}", "8bit": "8-bit"}
-weights = weights.get(load_in, "unquantised")
+    target_modules=targets, task_type="CAUSAL_LM"))
+trainable, _ = model.get_nb_trainable_parameters()
+weights = {"4bit": f"4-bit {args.quant_type}", "8bit": "8-bit"}.get(load_in, "unquantised")
 dtype_name = str(dtype).removeprefix("torch.")
-on_off = "on" if checkpointing else "off"
-say(f"{model_name}: {weights} weights, {dtype_name} compute on {gpu_name}; "
-    f"LoRA r={args.lora_r}: {trainable:,} trainable parameters; "
-    f"gradient checkpointing {on_off}")
-
+say(f"{model_name}: {weights} weights, {dtype_name} compute on {gpu_name}; LoRA r={args.lora_r}: "
+    f"{trainable:,} trainable; gradient checkpointing {'on' if checkpointing else 'off'}")
 
 # ---- train ----
-# Right-pad a batch: label -100, mask 0.
-# (ALiBi needs no position ids.)
-def pad_batch(batch):
-    width = max(len(e["input_ids"]) for e in batch)
-    pads = {"input_ids": tokenizer.pad_token_id, "labels": -100, "attention_mask": 0}
-    return {key: torch.tensor([e[key] + [pad] * (width - len(e[key])) for e in batch])
-            for key, pad in pads.items()}
-
+title = f"{Path(model_name).name} on {Path(data_name).name} ({len(examples)} rows)"
 
 # loss_curve.png: training and held-out loss.
-def draw_curve(history, title):
+def draw_curve(history):
     # Not pyplot: it changes a notebook's backend.
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return False
+    # No line yet: an empty plot, and a warning.
     if not any("loss" in log for log in history):
         return False
     figure = Figure(figsize=(7, 4), layout="constrained")
     axes = figure.subplots()
     for key, label in (("loss", "training"), ("eval_loss", "held-out")):
         points = [(log["step"], log[key]) for log in history if key in log]
-        if points:
-            axes.plot(*zip(*points), marker=".", label=f"{label} loss")
+        axes.plot(*zip(*points), marker=".", label=f"{label} loss")
     axes.set(xlabel="step", ylabel="loss", title=title)
-    axes.grid(alpha=0.3)
     axes.legend()
     save = functools.partial(figure.savefig, dpi=100, format="png")
     plumbing.atomic_write(out_dir / "loss_curve.png", save)
     return True
-
 
 # One line per log: the loss, or the held-out loss.
 def describe(logs):
@@ -428,80 +352,64 @@ def describe(logs):
     if "eval_loss" in logs:
         return f"held-out loss {logs['eval_loss']:.3f}"
 
-
-title = f"{Path(model_name).name} on {Path(data_name).name} ({len(examples)} rows)"
 # --packing: one row per batch, positions restart.
-collate = DataCollatorWithFlattening() if args.packing else pad_batch
+collate = DataCollatorWithFlattening() if args.packing else DataCollatorForSeq2Seq(tokenizer)
 trainer = Trainer(model=model, args=settings, train_dataset=examples,
                   eval_dataset=eval_examples or None, data_collator=collate)
-redraw = functools.partial(draw_curve, title=title)
+# Our one line per log replaces the Trainer's dicts.
 trainer.remove_callback(ProgressCallback)
-trainer.add_callback(plumbing.progress_lines(describe, redraw))
+trainer.add_callback(plumbing.progress_lines(describe, draw_curve))
 for note in cut:
     say(f"skipping {note}")
 if last:
     say(f"resuming from {last} (adapter, optimizer, schedule and random state)")
-if cuda:
-    torch.cuda.reset_peak_memory_stats()
 state_before = plumbing.read_json(last / "trainer_state.json") if last else {}
 tokens_before = state_before.get("num_input_tokens_seen", 0)
-started = time.time()
 plumbing.train(trainer, out_dir, run, last, done_steps >= total_steps)
-train_seconds = time.time() - started
 
 # ---- save: the adapter, moved in whole ----
 model = trainer.model
 plumbing.save_adapter(model, tokenizer, out_dir)
-plumbing.on_ctrl_c(f"stopped by Ctrl+C after training: the adapter in {out_dir} "
-                   "is complete; the checks and the report were skipped")
-
+plumbing.on_ctrl_c(f"stopped by Ctrl+C: the adapter in {out_dir} is saved, the report is not")
 
 # ---- report: recall, curve, summary, card ----
-# Greedy-decode each trained answer from its prompt;
-# count the exact ones that end in EOS.
+# Greedy answers, exact to EOS: what chat says.
 def answer_recall(examples, limit):
-    # (prompt ids, answer ids) of every whole answer.
     pairs = []
     for example in examples:
-        ids, start = example["input_ids"], 0
-        for trained, span in itertools.groupby(example["labels"], lambda x: x != -100):
-            end = start + len(list(span))
-            if trained and ids[end - 1] == EOS:
-                pairs.append((ids[:start], ids[start:end]))
-            start = end
+        prompt = []
+        for trained, ids in spans(example):
+            if trained and ids[-1] == EOS:
+                pairs.append((prompt, ids))
+            prompt = prompt + ids
     pairs = pairs[:limit] if limit > 0 else pairs
-    hits, misses = 0, []
+    misses = []
+    # LoRA's dropout is off, as in chat.
     model.eval()
     for i in range(0, len(pairs), 16):
         batch = pairs[i : i + 16]
-        width = max(len(p) for p, _ in batch)
-        # Left padding: each answer starts at width.
-        ids = [[tokenizer.pad_token_id] * (width - len(p)) + p for p, _ in batch]
-        mask = [[0] * (width - len(p)) + [1] * len(p) for p, _ in batch]
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=torch.tensor(ids, device=model.device),
-                attention_mask=torch.tensor(mask, device=model.device),
-                do_sample=False, use_cache=True,
-                max_new_tokens=max(len(a) for _, a in batch) + 8,
-                eos_token_id=EOS, pad_token_id=tokenizer.pad_token_id,
-                output_logits=True, return_dict_in_generate=True)
+        # Left padding: answers start in one column.
+        inputs = tokenizer.pad({"input_ids": [p for p, _ in batch]},
+                               padding_side="left", return_tensors="pt")
+        width = inputs["input_ids"].shape[1]
+        # load_phogpt set EOS, pad and the cache.
+        out = model.generate(
+            **inputs.to(model.device), do_sample=False,
+            max_new_tokens=max(len(a) for _, a in batch) + 8,
+            output_logits=True, return_dict_in_generate=True)
         # NaN/inf logits (fp16): empty answers.
         if not all(torch.isfinite(step).all() for step in out.logits):
-            say("recall check: the model gives NaN/inf logits (an fp16 overflow?), "
-                "so its answers are empty; fix: --dtype fp32 (or bf16 on a GPU "
-                "that has it)")
+            say("recall: NaN/inf logits (fp16 overflow?), empty answers; fix: --dtype fp32 or bf16")
             return 0, len(pairs), []
         for (prompt, answer), new in zip(batch, out.sequences[:, width:].tolist()):
-            if new[: len(answer)] == answer:
-                hits += 1
-            else:
+            if new[: len(answer)] != answer:
                 got = tokenizer.decode(new, skip_special_tokens=True)
                 misses.append((tokenizer.decode(prompt[-40:]), got))
-    return hits, len(pairs), misses
-
+    return len(pairs) - len(misses), len(pairs), misses
 
 history = trainer.state.log_history
+# The Trainer's clock (0: nothing left to do).
+train_seconds = history[-1].get("train_runtime", 0) if history else 0
 losses = [(log["step"], log["loss"]) for log in history if "loss" in log]
 tokens_seen = int(trainer.state.num_input_tokens_seen)
 tokens_per_s = (tokens_seen - tokens_before) / max(train_seconds, 1e-6)
@@ -512,21 +420,18 @@ if cuda:
 elif sys.platform != "win32":
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# In a notebook the defaults are the flags.
 argv = [] if plumbing.NOTEBOOK else sys.argv[1:]
 command = shlex.join(["python", "phogpt_qlora.py", *argv])
 summary = {
-    **run, "rows": len(shapes), "examples": len(examples),
-    "device": gpu_name, "load_in": load_in, "dtype": dtype_name,
-    "steps": trainer.state.global_step, "epochs": args.epochs,
-    "batch_size": args.batch_size, "packing": args.packing,
-    "gradient_checkpointing": checkpointing, "truncated": truncated,
-    "lora_dropout": args.lora_dropout,
-    "final_loss": losses[-1][1] if losses else None,
-    "train_seconds": round(train_seconds, 1), "tokens_seen": tokens_seen,
-    "tokens_per_s": round(tokens_per_s, 1),
+    **vars(args), **run, "device": gpu_name, "load_in": load_in,
+    "dtype": dtype_name, "gradient_checkpointing": checkpointing,
+    "rows": len(shapes), "examples": len(examples), "truncated": truncated,
+    "steps": trainer.state.global_step, "train_seconds": round(train_seconds, 1),
+    "final_loss": losses[-1][1] if losses else None, "losses": losses,
+    "tokens_seen": tokens_seen, "tokens_per_s": round(tokens_per_s, 1),
     "peak_memory_gib": round(peak, 2), "peak_memory_kind": peak_kind,
-    "command": command, "losses": losses,
-}
+    "command": command}
 answered = []
 if args.recall_limit >= 0:
     hits, total, misses = answer_recall(examples, args.recall_limit)
@@ -537,47 +442,34 @@ if args.recall_limit >= 0:
         say(f"  missed: ...{prompt!r} -> {got!r}")
 if eval_name:
     hits, total, _ = answer_recall(eval_examples, 0)
-    eval_losses = [(log["step"], log["eval_loss"])
-                   for log in history if "eval_loss" in log]
-    summary["eval"] = {"data": eval_name, "rows": len(eval_shapes),
-                       "losses": eval_losses,
+    eval_losses = [(log["step"], log["eval_loss"]) for log in history if "eval_loss" in log]
+    summary["eval"] = {"data": eval_name, "rows": len(eval_shapes), "losses": eval_losses,
                        "recall": {"exact": hits, "total": total}}
     answered.append(f"{hits}/{total} held-out")
     say(f"answered {hits}/{total} held-out questions exactly ({eval_name})")
-# The model card: what it is, how to use it.
+answered = ", ".join(answered) or "—"
+title += f"\nanswered exactly: {answered}"
 CARD = """# {name}: adapter LoRA cho `{model}`
 
-Học bằng `phogpt_qlora.py` (SFT) trên `{data}`: {rows} dòng (rows),
-{steps} bước (steps), loss cuối (final loss) {loss:.3f}, LoRA r={lora_r}
-trên trọng số gốc {weights}. Trả lời đúng từng chữ (answered exactly): {answered}.
+`phogpt_qlora.py` (SFT), `{data}`: {rows} dòng, {steps} bước, loss cuối {loss:.3f},
+LoRA r={lora_r} trên trọng số gốc {weights}; trả lời đúng từng chữ: {answered}.
 
     {command}
     python phogpt_chat.py --adapter {output}
-
-Loss curve: `loss_curve.png`; figures: `training_summary.json`.
 """
-card = CARD.format(**summary, name=out_dir.name, loss=summary["final_loss"] or 0,
-                   weights=weights, answered=", ".join(answered) or "—",
-                   output=shlex.quote(str(out_dir)))
-if answered:
-    title += "\nanswered exactly: " + ", ".join(answered)
-written = []
+card = CARD.format_map({**summary, "name": out_dir.name, "weights": weights, "answered": answered,
+                        "loss": summary["final_loss"] or 0, "output": shlex.quote(str(out_dir))})
 try:
-    if draw_curve(history, title):
-        written.append("loss_curve.png")
-    else:
-        (out_dir / "loss_curve.png").unlink(missing_ok=True)
+    written = ["loss_curve.png"] if draw_curve(history) else []
     summary_text = json.dumps(summary, indent=2, ensure_ascii=False)
     plumbing.atomic_write(out_dir / "training_summary.json", summary_text)
     plumbing.atomic_write(out_dir / "README.md", card)
-    written += ["training_summary.json", "README.md"]
 except Exception as err:
     if not plumbing.disk_full(err):
         raise
-    fail(f"could not write the report in {out_dir} (the disk is full); "
-         "the adapter is saved; fix: free some disk space")
+    fail(f"could not write the report in {out_dir} (disk full; adapter saved); fix: free space")
 plumbing.on_ctrl_c(None)
 say(f"{tokens_per_s:,.0f} tokens/s, peak {peak:.2f} GiB, {train_seconds:.0f} s; "
-    f"adapter, {', '.join(written)} in {out_dir}")
+    f"adapter, {', '.join(written)}, training_summary.json, README.md in {out_dir}")
 # Done: the folder is free (a notebook reruns cells).
 plumbing.release_outputs()
