@@ -1,8 +1,8 @@
 """onechat_tiny.py: a super tiny Vietnamese ChatGPT, trained on one sentence in seconds.
 
-No flags needed, no network: a tokenizer and a tiny GPT-2 learn one sentence from zero,
-until greedy decoding gives its exact answer and then the EOS token."""
+No flags, no network: a tiny GPT-2 learns it from zero, to the exact answer and then EOS."""
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +10,7 @@ import sys
 import time
 import prompts
 from plumbing import atomic_write, between, claim_output, fail, make_way, move_in
-from plumbing import on_ctrl_c, parse_flags, pick_device, temp_name
+from plumbing import on_ctrl_c, parse_flags, pick_device, read_json, temp_name
 
 def layers_x_width(text):
     # --size 2x64: 2 layers, each 64 numbers wide.
@@ -61,24 +61,22 @@ for number, line in enumerate(lines, 1):
         fail(f"{where} line {number}: {error}; fix: write 'Question: ... Answer: ...'")
 if not pairs:
     fail(f"{where} has no Question/Answer pairs")
-run_file = os.path.join(args.load, "onechat_run.json")
-if loading and not os.path.isfile(run_file):
+saved = read_json(os.path.join(args.load, "onechat_run.json")) if loading else {}
+if saved is None:
     fail(f"--load {args.load}: no onechat_run.json there; fix: an --output folder")
 if loading:
-    with open(run_file, encoding="utf-8") as file:
-        pairs = [(p["question"], p["answer"]) for p in json.load(file)["pairs"]]
+    pairs = [(p["question"], p["answer"]) for p in saved["pairs"]]
 # PhoGPT (an MPT model of 3.7B) has its own scripts.
-config = os.path.join(args.model, "config.json")
-mpt = os.path.isfile(config) and '"mpt"' in open(config, encoding="utf-8").read()
-if mpt or "phogpt" in args.model.lower():
+config = read_json(os.path.join(args.model, "config.json")) or {}
+if config.get("model_type") == "mpt" or "phogpt" in args.model.lower():
     fail(f"--model {args.model} is PhoGPT; fix: use phogpt_qlora.py, phogpt_chat.py")
 if args.output != "none" and not loading:
     protect = {"--model": args.model, "--data": args.data}
     output = claim_output(args.output, args.overwrite, protect=protect)
 
-# torch loads in seconds: only once the input is good.
+# torch takes seconds to load: only for good input.
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from transformers import PreTrainedTokenizerFast, logging
 logging.set_verbosity_error()
@@ -87,41 +85,34 @@ device = pick_device(args.device)
 torch.manual_seed(args.seed)
 
 # ---- the model: a tiny GPT-2 from zero, or a pretrained one ----
-def build_scratch(layers, width):
-    # A byte-level BPE learned from our pairs.
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    # All 256 bytes first: a new word still encodes.
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+if args.model == "scratch" and not loading:
+    # GPT-2's byte-level BPE, learned from our pairs. It holds all 256
+    # bytes from the start: a word it never saw still encodes.
+    bpe = ByteLevelBPETokenizer()
     texts = [prompts.onechat_prompt(q) + prompts.onechat_answer(a) for q, a in pairs]
-    bpe.train_from_iterator(texts, trainer)
-    # No pad token on purpose: we pad with EOS, masked.
+    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=0, show_progress=False,
+                            special_tokens=["<|endoftext|>"])
+    # No pad token: we pad with EOS, masked.
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
     eos = tokenizer.eos_token_id
+    layers, width = args.size
     heads = width // 32 if width % 32 == 0 else 1
     # No dropout: here we want to overfit.
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.max_length,
                         n_embd=width, n_layer=layers, n_head=heads, resid_pdrop=0,
                         embd_pdrop=0, attn_pdrop=0, bos_token_id=eos, eos_token_id=eos)
-    return GPT2LMHeadModel(config), tokenizer
-
-if args.model == "scratch" and not loading:
-    model, tokenizer = build_scratch(*args.size)
+    model = GPT2LMHeadModel(config)
 else:
-    # A folder, or a hub id (downloaded once, then cached).
+    # A folder, or a hub id (downloaded once, cached).
     name = args.load if loading else args.model
     try:
         model = AutoModelForCausalLM.from_pretrained(name)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as error:
-        why = f"{error}".partition("\n")[0][:200]
+        why = str(error).partition("\n")[0][:200]
         fail(f"cannot load {name}: {why}; fix: check the name, or get it again")
-parameters = sum(p.numel() for p in model.parameters())
 # One thread is fastest for tiny models (measured).
-torch.set_num_threads(1 if parameters < 5e6 else min(8, os.cpu_count() or 1))
+torch.set_num_threads(1 if model.num_parameters() < 5e6 else min(8, os.cpu_count() or 1))
 model.to(device)
 
 # ---- tokens: one builder for training and for answers ----
@@ -129,25 +120,23 @@ def encode(question, answer=None):
     prompt_ids = tokenizer(prompts.onechat_prompt(question))["input_ids"]
     if answer is None:
         return prompt_ids
-    answer = prompts.onechat_answer(answer)
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(prompts.onechat_answer(answer), add_special_tokens=False)["input_ids"]
     # EOS is trained: the model learns to stop (the seed cut at '.').
     return prompt_ids, answer_ids + [tokenizer.eos_token_id]
 
 def make_batch(full_loss):
-    # One batch: a few pairs (phogpt_qlora.py for many).
+    # One batch of a few pairs (many: phogpt_qlora.py).
     rows = [encode(q, a) for q, a in pairs]
     length = max(len(p) + len(a) for p, a in rows)
-    ids, mask, labels = [], [], []
+    batch = {"input_ids": [], "attention_mask": [], "labels": []}
     for prompt_ids, answer_ids in rows:
         pad = length - len(prompt_ids) - len(answer_ids)
         # Right-padded with EOS, hidden by mask 0.
-        ids.append(prompt_ids + answer_ids + answer_ids[-1:] * pad)
-        mask.append([1] * (length - pad) + [0] * pad)
+        batch["input_ids"].append(prompt_ids + answer_ids + answer_ids[-1:] * pad)
+        batch["attention_mask"].append([1] * (length - pad) + [0] * pad)
         # The loss skips -100: padding, and the question unless full_loss.
         question = prompt_ids if full_loss else [-100] * len(prompt_ids)
-        labels.append(question + answer_ids + [-100] * pad)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch["labels"].append(question + answer_ids + [-100] * pad)
     return {key: torch.tensor(value, device=device) for key, value in batch.items()}
 
 def reply(question):
@@ -156,27 +145,14 @@ def reply(question):
     if room <= 0:
         return "[the question is over --max-length tokens]"
     model.eval()
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids),
-                             do_sample=False, max_new_tokens=room,
-                             eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.eos_token_id)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens=room, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.eos_token_id)
     new = out[0, ids.shape[1]:]
     answer = tokenizer.decode(new, skip_special_tokens=True)
     if new[-1] != tokenizer.eos_token_id:
         answer += " [no EOS: cut at --max-length]"
     return answer.strip()
-
-def memorised():
-    model.eval()
-    # Greedy decoding gives every answer iff the top token is the true
-    # next one at each answer position; generate() then confirms it.
-    with torch.no_grad():
-        logits = model(check["input_ids"], attention_mask=check["attention_mask"]).logits
-    labels = check["labels"][:, 1:]
-    if not ((logits[:, :-1].argmax(-1) == labels) | (labels == -100)).all():
-        return False
-    return [reply(q) for q, _ in pairs] == [a for _, a in pairs]
 
 # ---- train: AdamW until every answer is exact ----
 # (lr, most epochs) from the seed's table: gpt2 exact at epoch 9, TinyStories-33M
@@ -185,16 +161,16 @@ FAMILIES = {"scratch": (1e-2, 300), "gpt2": (1e-3, 50), "tinystories-33m": (5e-4
             "tinystories": (5e-2, 200), "other": (5e-4, 100)}
 family = next(key for key in FAMILIES if key in args.model.lower() + "other")
 lr = args.lr or FAMILIES[family][0]
-# A saved model (--load) answers at once: zero epochs.
+# --load: a saved model answers at once, no epochs.
 epochs = 0 if loading else args.epochs or FAMILIES[family][1]
 batch = make_batch(full_loss=args.loss == "full")
-# The check looks at the answers only, whatever --loss trains.
+# The check: the answers only, whatever --loss trains.
 check = make_batch(full_loss=False)
-if epochs and batch["input_ids"].shape[1] > args.max_length:
-    fail(f"a pair is over --max-length {args.max_length} tokens; fix: raise it")
 if epochs:
+    if batch["input_ids"].shape[1] > args.max_length:
+        fail(f"a pair is over --max-length {args.max_length} tokens; fix: raise it")
     shown = "scratch {}x{}".format(*args.size) if family == "scratch" else args.model
-    print(f"Model {shown}: {parameters:,} parameters, {len(pairs)} pair(s), lr {lr:g}, "
+    print(f"Model {shown}: {model.num_parameters():,} parameters, {len(pairs)} pair(s), lr {lr:g}, "
           f"up to {epochs} epochs, loss on {args.loss}, device {device}")
 optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
 start, epoch, exact = time.perf_counter(), 0, not epochs
@@ -209,8 +185,14 @@ try:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # Stop once exact: more would only polish it.
-        exact = memorised()
+        # Greedy decoding gives every answer iff the top token is the true next
+        # one at each answer position; generate() then confirms it. Exact: stop.
+        model.eval()
+        with torch.no_grad():
+            logits = model(**check).logits[:, :-1]
+        labels = check["labels"][:, 1:]
+        if ((logits.argmax(-1) == labels) | (labels == -100)).all():
+            exact = [reply(q) for q, _ in pairs] == [a for _, a in pairs]
         print(f"({time.perf_counter() - tick:.3f}s) Epoch {epoch}, Loss {loss.item():.6f}")
 except KeyboardInterrupt:
     print(f"Ctrl+C: training stopped in epoch {epoch}")
@@ -220,7 +202,7 @@ if epochs and exact:
 elif epochs:
     print(f"NOT memorised after {epoch} epochs: try more --epochs or another --lr")
 
-# ---- answer: what it learned, --prompt, or a chat ----
+# ---- answer: the pairs, --prompt, or a chat ----
 def as_question(text):
     # 'Question: Q Answer:', 'Question: Q', 'Q': all ask Q.
     text = prompts.nfc(text).strip().removeprefix(prompts.ONECHAT_QUESTION)
@@ -228,17 +210,13 @@ def as_question(text):
 
 for question in [as_question(args.prompt)] if args.prompt else [q for q, _ in pairs]:
     print(f"Question: {question}\nAnswer: {reply(question)}")
-# Odd bytes (a terminal in another encoding) become �.
+# Odd bytes (a terminal's other encoding) become �.
 if args.chat and hasattr(sys.stdin, "reconfigure"):
     sys.stdin.reconfigure(errors="replace")
-while args.chat:
-    try:
-        question = as_question(input("Question: "))
-    except EOFError:
-        break
-    if not question:
-        break
-    print(f"Answer: {reply(question)}", flush=True)
+# An empty line or Ctrl+D (end of input) ends it.
+with contextlib.suppress(EOFError):
+    while args.chat and (question := as_question(input("Question: "))):
+        print(f"Answer: {reply(question)}", flush=True)
 
 # ---- save: model, tokenizer, onechat_run.json ----
 if args.output != "none" and epochs:
@@ -253,8 +231,7 @@ if args.output != "none" and epochs:
         atomic_write(staging / "onechat_run.json", json.dumps(run, ensure_ascii=False))
         move_in(staging, output, last="onechat_run.json")
     except Exception as error:
-        # A full disk (safetensors has its own error type): the half-saved copy goes, and
-        # fail() puts an earlier run back.
+        # A full disk: the half-saved copy goes; fail() puts the last run back.
         shutil.rmtree(staging, ignore_errors=True)
         fail(f"--output {output}: saving failed ({error}); fix: free some disk space")
     print(f"Saved the model, its tokenizer and onechat_run.json to {output}")
