@@ -82,7 +82,7 @@ def onechat_split(sentence):
     rest = sentence.removeprefix(ONECHAT_QUESTION)
     question, _, answer = rest.partition(ONECHAT_ANSWER)
     if rest == sentence or not question.strip() or not answer.strip():
-        raise ValueError(f"no question or no answer in {sentence[:60]!r}")
+        raise ValueError(f"a missing or empty question or answer in {sentence[:60]!r}")
     return question.strip(), answer.strip()
 
 def onechat_prompt(question):
