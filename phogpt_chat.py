@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 import prompts
-from plumbing import NOTEBOOK, append_row, between, fail, keep_hub_code_out, parse_flags
+from plumbing import NOTEBOOK, between, fail, keep_hub_code_out, parse_flags
 from plumbing import pick_device, pick_load_in, read_json, whole
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -324,6 +324,28 @@ SAVE_ERRORS = {
     errno.EACCES: "không có quyền ghi vào {path}; hãy chọn tệp khác",
     errno.ENOSPC: "ổ đĩa đầy, không ghi vào {path} được; hội thoại vẫn còn",
 }
+
+# /save: append row to a .jsonl of rows; any other file (config.json, notes): ValueError.
+def append_row(path, row):
+    path = Path(path)
+    old = path.read_bytes() if path.is_file() else b""
+    try:
+        rows = [json.loads(text) for text in old.decode("utf-8-sig").splitlines() if text.strip()]
+    except ValueError:
+        rows = [None]
+    if path.suffix != ".jsonl" or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path} is not a .jsonl file of rows")
+    line = b"\n" if old and not old.endswith(b"\n") else b""
+    line += json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
+    # Unbuffered: a write that fails (a full disk) says so here, and is cut off.
+    with open(path, "ab", buffering=0) as file:
+        try:
+            if file.write(line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            with contextlib.suppress(OSError):
+                file.truncate(len(old))
+            raise
 
 def save_chat(path, history, system):
     if not path or not history:

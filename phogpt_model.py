@@ -470,9 +470,16 @@ def load_tokenizer(name_or_path, source=None):
     if os.path.isdir(name_or_path):
         check_folder(name_or_path)
     try:
-        return PreTrainedTokenizerFast.from_pretrained(name_or_path, **source)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path, **source)
     except Exception as err:
         raise load_error(name_or_path, err, source) from None
+    # A token id past the embeddings would crash mid-training: say it before any work.
+    local = os.path.isdir(name_or_path)
+    size = PhoGPTConfig.from_pretrained(name_or_path).vocab_size if local else len(tokenizer)
+    if len(tokenizer) > size:
+        raise ValueError(f"{os.path.join(name_or_path, 'tokenizer.json')} has {len(tokenizer)} "
+                         f"tokens, the model {size}; fix: use this model's tokenizer files")
+    return tokenizer
 
 # (model, tokenizer); any failure is one line (OSError or ValueError).
 def load_phogpt(name_or_path, load_in="none", dtype=None, device_map=None,

@@ -85,10 +85,9 @@ import prompts
 from phogpt_model import load_phogpt, load_tokenizer, pick_dtype
 
 # ---- settle every default, check every input ----
-model_name = prompts.nfc(args.model)
-data_name = prompts.nfc(args.data)
-eval_name = None if args.eval_data == "none" else prompts.nfc(args.eval_data)
-out_dir = Path(prompts.nfc(args.output))
+# Paths as typed, never normalised: a file is opened by its name on disk.
+model_name, data_name, out_dir = args.model, args.data, Path(args.output)
+eval_name = None if args.eval_data == "none" else args.eval_data
 template = args.template
 if template == "auto":
     template = "instruct" if "instruct" in model_name.lower() else "chat"
@@ -363,6 +362,9 @@ for note in cut:
     say(f"skipping {note}")
 if last:
     say(f"resuming from {last} (adapter, optimizer, schedule and random state)")
+# The peak of training, not of loading.
+if cuda:
+    torch.cuda.reset_peak_memory_stats()
 state_before = plumbing.read_json(last / "trainer_state.json") if last else {}
 tokens_before = state_before.get("num_input_tokens_seen", 0)
 plumbing.train(trainer, out_dir, run, last, done_steps >= total_steps)

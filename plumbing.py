@@ -1,8 +1,6 @@
-"""Plumbing the scripts share, with no machine learning: a student can skip it.
-Flags, one-line errors, devices, data rows, output folders that never lose a
-student's files, atomic saves, checkpoints, Ctrl+C and progress lines."""
+"""Plumbing every script needs; a student can skip it: flags, one-line errors, devices, data
+rows, output folders that never lose a student's files, saves, checkpoints, Ctrl+C, progress."""
 import argparse
-import contextlib
 import csv
 import difflib
 import importlib.util
@@ -196,28 +194,6 @@ def checked_text(value, where):
         return ""
     return value
 
-# Append row to a .jsonl of rows; any other file (config.json, notes): ValueError.
-def append_row(path, row):
-    path = Path(path)
-    old = path.read_bytes() if path.is_file() else b""
-    try:
-        rows = [json.loads(text) for text in old.decode("utf-8-sig").splitlines() if text.strip()]
-    except ValueError:
-        rows = [None]
-    if path.suffix != ".jsonl" or not all(isinstance(row, dict) for row in rows):
-        raise ValueError(f"{path} is not a .jsonl file of rows")
-    line = b"\n" if old and not old.endswith(b"\n") else b""
-    line += json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
-    # Unbuffered: a write that fails (a full disk) says so here, and is cut off.
-    with open(path, "ab", buffering=0) as file:
-        try:
-            if file.write(line) != len(line):
-                raise OSError(28, os.strerror(28))
-        except OSError:
-            with contextlib.suppress(OSError):
-                file.truncate(len(old))
-            raise
-
 # No code from the hub, and bitsandbytes only to load in 4 or 8 bits: call this
 # before importing transformers, peft, trl or datasets.
 def keep_hub_code_out(load_in="none", cuda=False):
@@ -243,18 +219,13 @@ set_aside = {}
 
 # A name unique to this run, never a fixed OUTPUT.partial a student may own.
 def temp_name(path):
-    path = Path(path)
-    return path.with_name(f".phogpt-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    return Path(path).with_name(f".phogpt-{Path(path).name}-{os.getpid()}-{os.urandom(4).hex()}")
 
 def read_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-def holds(folder, path):
-    folder, path = Path(folder).resolve(), Path(path).resolve()
-    return folder == path or folder in path.parents
 
 # Check --output, lock it, mark it ours. protect: {flag: path} it must not hold.
 # Nothing is removed here: an old run makes way later, once the input is valid.
@@ -268,7 +239,7 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
     if folder.exists() and not folder.is_dir():
         fail(f"--output {folder} is a file; fix: give a folder name, e.g. my-adapter")
     for flag, path in {"the working folder": Path.cwd(), **(protect or {})}.items():
-        if path and Path(path).exists() and holds(folder, path):
+        if path and Path(path).exists() and Path(path).resolve().is_relative_to(folder.resolve()):
             fail(f"--output {folder} holds {flag} {path}; fix: pick another --output")
     # A notebook reruns a cell in one process: the lock of its last run goes first.
     release_outputs(folder)
@@ -292,8 +263,7 @@ def claim_output(folder, overwrite=False, resume=False, protect=None):
         folder.mkdir(parents=True, exist_ok=True)
         claimed[str(folder)] = claimed.get(str(folder)) or (lock(folder), made, overwrite)
         if marker is None:
-            made_by = "notebook" if NOTEBOOK else Path(sys.argv[0]).name
-            atomic_write(folder / MARKER, json.dumps({"made_by": made_by, "files": []}))
+            atomic_write(folder / MARKER, json.dumps({"made_by": sys.argv[0], "files": []}))
     except OSError as err:
         fail(f"--output {folder} can't be written ({err.strerror}); fix: pick another")
     return folder
@@ -384,11 +354,9 @@ def move_in(staging, folder, last="adapter_config.json"):
 # ---- checkpoints: one definition of complete ----
 # Why the Trainer can't resume from this folder (a file missing or cut short), or None.
 def checkpoint_problem(folder):
-    for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json"):
-        if not (folder / name).is_file():
-            return f"{name} is missing"
-    if not any(folder.glob("rng_state*.pth")):
-        return "rng_state.pth is missing"
+    for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_state*.pth"):
+        if not any(folder.glob(name)):
+            return f"{name.replace('*', '')} is missing"
     for path in sorted(folder.iterdir()):
         if path.suffix in (".pt", ".pth", ".json", ".safetensors") and not whole(path):
             return f"{path.name} is cut short"
@@ -444,47 +412,18 @@ def stop_now(line, frame=None):
         frame = frame.f_back
     sys.exit(130)
 
-# The first Ctrl+C finishes the step, saves and stops; a second stops at once. The last
-# step is saved too: if the final save fails, --resume finds training done.
-def ctrl_c_saves():
-    import torch
-    from transformers import TrainerCallback
-    class SaveOnCtrlC(TrainerCallback):
-        interrupted = False
-
-        def interrupt(self, *_):
-            self.interrupted = True
-            # torchrun forwards its own Ctrl+C: there a second one must not cut the save.
-            if not torch.distributed.is_initialized():
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            # All processes stop after the same step, or one waits for the others forever.
-            if torch.distributed.is_initialized():
-                flag = torch.tensor([float(self.interrupted)], device=args.device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                self.interrupted = bool(flag.item())
-            control.should_training_stop |= self.interrupted
-            control.should_save |= self.interrupted or state.global_step >= state.max_steps
-    callback = SaveOnCtrlC()
-    signal.signal(signal.SIGINT, callback.interrupt)
-    return callback
-
 # The Trainer's progress bar (with its ETA) and per log one line: step, epoch,
-# describe(logs) (None: no line), tokens/s; redraw(history) every few seconds.
-def progress_lines(describe, redraw=None, every_s=10):
+# describe(logs) (None: no line), tokens/s; redraw(history) every 10 s.
+def progress_lines(describe, redraw=None):
     from transformers.trainer_callback import ProgressCallback
     class Lines(ProgressCallback):
         clock, tokens, drawn = 0.0, 0, 0.0
-
         def on_train_begin(self, args, state, control, **kwargs):
             super().on_train_begin(args, state, control, **kwargs)
             self.clock, self.tokens = time.time(), state.num_input_tokens_seen
-
         # A second bar flashing at every evaluation helps no one.
         def on_prediction_step(self, *args, **kwargs):
             return
-
         def on_log(self, args, state, control, logs=None, **kwargs):
             text, now = describe(logs), time.time()
             if self.training_bar is None or text is None:
@@ -497,7 +436,7 @@ def progress_lines(describe, redraw=None, every_s=10):
                                     f"epoch {state.epoch:.1f} · {text}")
             # Time spent evaluating is not training speed.
             self.clock = now
-            if redraw and now - self.drawn > every_s:
+            if redraw and now - self.drawn > 10:
                 redraw(state.log_history)
                 self.drawn = now
     return Lines()
@@ -519,8 +458,9 @@ def same_run(folder, last, settings, total_steps):
         if f"{key}_sha256" in settings or before.get(key, value) == value:
             continue
         name = key.removesuffix("_sha256")
-        fail(f"--resume: this run trained with {name} {before[name]}, not {settings[name]}; "
-             "fix: resume with the same flags and data, or start afresh with --overwrite")
+        now = settings[name] if settings[name] != before[name] else "its edited contents"
+        fail(f"--resume: this run trained with {name} {before[name]}, not {now}; fix: resume "
+             "with the same flags and data, or start afresh with --overwrite")
     done = read_json(Path(last) / "trainer_state.json")["global_step"] if last else 0
     if done >= total_steps and (Path(folder) / "adapter_config.json").exists():
         fail(f"--resume: {Path(last).name} already reached step {done} of {total_steps}; "
@@ -531,10 +471,29 @@ def same_run(folder, last, settings, total_steps):
 # finished: only the final save failed, so the last checkpoint is loaded.
 def train(trainer, folder, settings, last, finished):
     import torch
+    from transformers import TrainerCallback
     make_way(folder)
     if RANK == 0:
         atomic_write(Path(folder) / "run.json", json.dumps(settings, ensure_ascii=False))
-    stop = ctrl_c_saves()
+    # The first Ctrl+C finishes the step, saves and stops; a second stops at once. The
+    # last step is saved too: if the final save fails, --resume finds training done.
+    class SaveOnCtrlC(TrainerCallback):
+        interrupted = False
+        def interrupt(self, *_):
+            self.interrupted = True
+            # torchrun forwards its own Ctrl+C: there a second one must not cut the save.
+            if not torch.distributed.is_initialized():
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        def on_step_end(self, args, state, control, **kwargs):
+            # All processes stop after the same step, or one waits for the others forever.
+            if torch.distributed.is_initialized():
+                flag = torch.tensor([float(self.interrupted)], device=args.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                self.interrupted = bool(flag.item())
+            control.should_training_stop |= self.interrupted
+            control.should_save |= self.interrupted or state.global_step >= state.max_steps
+    stop = SaveOnCtrlC()
+    signal.signal(signal.SIGINT, stop.interrupt)
     trainer.add_callback(stop)
     try:
         if not finished:

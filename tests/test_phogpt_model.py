@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerFast
 
 from phogpt_model import (
     CACHE_NAME,
@@ -787,6 +788,15 @@ def spoil_tokenizer(folder, monkeypatch):
     return str(folder), ["tokenizer.json"]
 
 
+def spoil_vocabulary(folder, monkeypatch):
+    # Another model's tokenizer, with more tokens than these embeddings: ids past them crash.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    size = json.loads((folder / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    tokenizer.add_tokens([f"tokenmoi{i}" for i in range(size - len(tokenizer) + 1)])
+    tokenizer.save_pretrained(folder)
+    return str(folder), ["tokenizer.json", f"{size + 1} tokens, the model {size}"]
+
+
 def adapter_as_model(folder, monkeypatch):
     # A LoRA adapter saved as phogpt_qlora.py saves it, then passed as --model.
     from peft import LoraConfig, get_peft_model
@@ -813,6 +823,7 @@ LYING_FOLDERS = {
     "one inf in a weight": spoil_tensor(lambda w: w.index_fill(0, torch.tensor([0]), math.inf)),
     "wrong shape": spoil_tensor(lambda w: w[:, :32]),
     "malformed tokenizer.json": spoil_tokenizer,
+    "a tokenizer larger than the model": spoil_vocabulary,
     "adapter folder as the model": adapter_as_model,
     "offline hub id": offline_hub_id,
 }

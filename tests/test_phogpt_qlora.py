@@ -222,6 +222,14 @@ def test_resume_refuses_other_data_another_lora_shape_and_a_finished_run(tiny, f
               "--resume"]
     code, out, err = run_here(capsys, *common, "--data", other)
     assert_one_error_line(code, err, f"trained with data {faq}, not {other}")
+    # The same file, edited since: said so, not "data faq.jsonl, not faq.jsonl".
+    rows = faq.read_bytes()
+    try:
+        faq.write_bytes(rows + '{"question": "Mới", "answer": "Thêm"}\n'.encode())
+        code, out, err = run_here(capsys, *common, "--data", faq)
+        assert_one_error_line(code, err, f"trained with data {faq}, not its edited contents")
+    finally:
+        faq.write_bytes(rows)
     code, out, err = run_here(capsys, *common, "--data", faq, "--lora-r", 8)
     assert_one_error_line(code, err, "lora_r 16, not 8")
     # Same data, same settings, nothing left to do: say so instead of "training" 0 steps.
