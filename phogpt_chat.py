@@ -20,6 +20,10 @@ import prompts
 from plumbing import NOTEBOOK, between, fail, keep_hub_code_out, parse_flags
 from plumbing import pick_device, pick_load_in, read_json, whole
 
+# --max-length: the model's own context, or a number of tokens.
+def tokens_or_auto(text):
+    return text if text == "auto" else between(16, 10**6, int)(text)
+
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 # the model
@@ -32,8 +36,8 @@ parser.add_argument("--template", default="auto", choices=["auto", "chat", "inst
                     help="prompt (auto: instruct if the model's name says so)")
 # the conversation
 parser.add_argument("--system", default="", help="instructions for the whole chat")
-parser.add_argument("--max-length", type=between(16, 10**6, int), default=0,
-                    help="context in tokens, prompt + answer (0: the model's)")
+parser.add_argument("--max-length", type=tokens_or_auto, default="auto",
+                    help="context in tokens, prompt + answer (auto: the model's)")
 # sampling: VinAI's README uses temperature 1.0, top_k 50, top_p 0.9
 parser.add_argument("--temperature", type=between(0, 10), default=1.0, help="0 = greedy")
 parser.add_argument("--top-p", type=between(0.01, 1), default=0.9, help="nucleus sampling")
@@ -125,7 +129,7 @@ def load_chat(args, model_name, base, device, load_in):
         # Plain weights again: no LoRA cost per token.
         if load_in == "none":
             model = model.merge_and_unload()
-    context = args.max_length or model.config.max_seq_len
+    context = model.config.max_seq_len if args.max_length == "auto" else args.max_length
     # An answer takes at most half the context.
     sampling = {key: getattr(args, key) for key in SLIDERS}
     sampling["max_new_tokens"] = min(args.max_new_tokens, context // 2)

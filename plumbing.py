@@ -106,7 +106,7 @@ def pick_load_in(name, device):
 def read_rows(source):
     source, path = str(source), Path(source)
     if path.is_dir():
-        fail(f"{source} is a folder; fix: give the data file inside it")
+        fail(f"{source or '.'} is a folder; fix: give the data file inside it")
     if path.suffix not in (".jsonl", ".json", ".csv"):
         if path.exists() or path.suffix:
             fail(f"{source}: can't read this file; fix: use .jsonl, .json or .csv")
