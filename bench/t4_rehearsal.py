@@ -9,7 +9,8 @@ the T4's fp16: --compute fp16 is ~1,000x slower on a CPU); LoRA r=32 on Wqkv/out
 down_proj, AdamW, batch 1 at each --lengths, with activation checkpointing off and on: what
 phogpt_qlora.py does on a T4. Every figure is MEASURED ON THIS CPU: memory by part (nf4 weights
 and the 16-bit rest, LoRA + gradients + AdamW state, activations = the process's peak RSS during
-a step above its RSS before it, glibc's free memory handed back first) and seconds per step.
+a step above its RSS before it, glibc's free memory handed back first; and, exactly, the bytes
+autograd saves for the backward pass) and seconds per step.
 Writes bench/results/t4_rehearsal-smoke.json or t4_rehearsal-LAYERSlayers-COMPUTE.json.
 """
 import argparse
@@ -101,6 +102,18 @@ def build_model():
     return model
 
 
+def keep_count(saved):
+    """A saved_tensors_hooks pack that notes each saved tensor's storage (parameters aside)."""
+    weights = {p.data_ptr() for p in model.parameters()}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+    return pack
+
+
 def weight_bytes(model):
     """Bytes of every tensor the base holds: packed nf4, its scales, the 16-bit rest."""
     seen, total = set(), 0
@@ -139,19 +152,24 @@ for length in lengths:
         else:
             model.base_model.model.activation_checkpointing_disable()
         ids = torch.randint(4, min(vocab, 2000), (1, length))
-        seconds, peaks = [], []
+        seconds, peaks, kept = [], [], []
         for step in range(args.steps + 1):
             optimizer.zero_grad(set_to_none=True)
             reset_peak()
             resting = rss()
             clock = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
+            saved = {}
+            # What autograd keeps for the backward pass, by storage: the activations
+            # themselves, whatever the allocator does with freed memory.
+            with torch.autograd.graph.saved_tensors_hooks(keep_count(saved), lambda t: t):
+                loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             optimizer.step()
             # The first step allocates AdamW's state: not timed, its peak kept apart.
             if step > 0:
                 seconds.append(time.perf_counter() - clock)
                 peaks.append(rss("VmHWM") - resting)
+                kept.append(sum(saved.values()))
             print(f"{length} tokens, checkpointing {'on' if checkpointing else 'off'}: "
                   f"step {step} {time.perf_counter() - clock:.1f} s, loss {loss.item():.2f}",
                   flush=True)
@@ -165,6 +183,7 @@ for length in lengths:
             "base_weights_gib": round(base_bytes / GIB, 3),
             "lora_grads_adamw_gib": round(lora_bytes / GIB, 3),
             "activations_gib": round(activations / GIB, 3),
+            "saved_for_backward_gib": round(max(kept) / GIB, 3),
             "measured_total_gib": round(measured, 3),
             "seconds_per_step": round(sum(seconds) / len(seconds), 2),
         })
