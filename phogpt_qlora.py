@@ -276,6 +276,8 @@ try:
         # Recompute in backward: slower, smaller.
         activation_checkpointing=checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
+        # Every LoRA weight gets a gradient: torchrun's DDP need not search each step.
+        ddp_find_unused_parameters=False,
         # Batches of like lengths pad little.
         train_sampling_strategy="random" if args.packing else "group_by_length")
     # Trackers check that their package is there.
