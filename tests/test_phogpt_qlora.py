@@ -606,3 +606,29 @@ def test_eval_data_that_is_the_training_data_is_refused(tiny, faq, tmp_path, cap
     code, out, err = run_here(capsys, "--model", tiny, "--data", faq, "--eval-data", mixed,
                               "--dry-run")
     assert code == 0 and "lưu ý: 1/3 dòng của --eval-data cũng có trong --data" in err, err
+
+
+def test_gradient_checkpointing_recomputes_and_trains_the_same_adapter(tiny, faq, tmp_path, capsys,
+                                                                        monkeypatch):
+    # On a T4 it is on (auto under CUDA): each block runs again in the backward pass, and the
+    # adapter, dropout included, is the one training without it gives.
+    import phogpt_model
+    forward, calls = phogpt_model.MLP.forward, []
+
+    def counted(self, x):
+        calls.append(1)
+        return forward(self, x)
+
+    monkeypatch.setattr(phogpt_model.MLP, "forward", counted)
+    common = ["--model", tiny, "--data", faq, "--max-steps", 3, "--batch-size", 3,
+              "--lora-r", 8, "--lora-dropout", 0.1, "--recall-limit", -1]
+    runs, forwards = {}, {}
+    for setting in ("on", "off"):
+        calls.clear()
+        runs[setting] = tmp_path / setting
+        code, out, err = run_here(capsys, *common, "--output", runs[setting],
+                                  "--gradient-checkpointing", setting)
+        assert code == 0 and f"gradient checkpointing {setting}" in out, err
+        forwards[setting] = len(calls)
+    assert forwards["on"] == 2 * forwards["off"] > 0, forwards
+    assert_same_adapter(runs["on"], runs["off"])
