@@ -375,3 +375,29 @@ def test_a_max_length_that_cuts_the_end_off_every_answer_is_refused(tiny, sft, d
     assert_one_line(code, err, f"--max-length {max_length} cuts the end (</s>) off every answer",
                     f"fix: --max-length {max(whole)} keeps them whole")
     assert not (tmp_path / "out").exists()
+
+
+def test_gradient_checkpointing_recomputes_and_trains_the_same_adapter(sft, data, tmp_path,
+                                                                        capsys, monkeypatch):
+    # On a T4 it is on: each block runs again in the backward pass, and the adapter is the
+    # one training without it gives.
+    import phogpt_model
+    forward, calls = phogpt_model.MLP.forward, []
+
+    def counted(self, x):
+        calls.append(1)
+        return forward(self, x)
+
+    monkeypatch.setattr(phogpt_model.MLP, "forward", counted)
+    common = ["--adapter", sft, "--data", data, "--max-steps", 3, "--batch-size", 2,
+              "--lr", "1e-3"]
+    forwards = {}
+    for setting in ("on", "off"):
+        calls.clear()
+        code, out, err = run_here(capsys, *common, "--output", tmp_path / setting,
+                                  "--gradient-checkpointing", setting)
+        assert code == 0, err
+        forwards[setting] = len(calls)
+    # The reference pass (no gradients) runs once either way: the difference is the recompute.
+    assert forwards["on"] > forwards["off"] > 0, forwards
+    same_adapter(tmp_path / "on", tmp_path / "off")
