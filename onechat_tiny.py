@@ -42,6 +42,15 @@ add("--prompt", default="", help="answer this question")
 add("--chat", action="store_true", help="ask in a loop; an empty line ends it")
 args = parse_flags(parser)
 loading = args.load != "none"
+
+# 'Question: Q Answer:', 'Question: Q', 'Q': all ask Q.
+def as_question(text):
+    text = prompts.nfc(text).strip().removeprefix(prompts.ONECHAT_QUESTION)
+    return text.split(prompts.ONECHAT_ANSWER)[0].strip()
+
+# "Answer:" alone asks nothing: said before any training.
+if args.prompt and not as_question(args.prompt):
+    fail(f"--prompt {args.prompt!r} holds no question; fix: e.g. --prompt 'Xin chào'")
 on_ctrl_c("Ctrl+C: stopped, nothing more saved")
 
 # ---- the data: 'Question: Q Answer: A' lines ----
@@ -203,11 +212,6 @@ elif epochs:
     print(f"NOT memorised after {epoch} epochs: try more --epochs or another --lr")
 
 # ---- answer: the pairs, --prompt, or a chat ----
-def as_question(text):
-    # 'Question: Q Answer:', 'Question: Q', 'Q': all ask Q.
-    text = prompts.nfc(text).strip().removeprefix(prompts.ONECHAT_QUESTION)
-    return text.split(prompts.ONECHAT_ANSWER)[0].strip()
-
 for question in [as_question(args.prompt)] if args.prompt else [q for q, _ in pairs]:
     print(f"Question: {question}\nAnswer: {reply(question)}")
 # Odd bytes (a terminal's other encoding) become �.

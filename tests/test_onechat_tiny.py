@@ -258,6 +258,7 @@ def one_line_error(code, err, *words):
         (["--loss", "question"], ["--loss"]),
         (["--load", "no/such/folder"], ["--load", "onechat_run.json"]),
         (["--no-such-flag"], ["--no-such-flag"]),
+        (["--prompt", "Answer:"], ["--prompt", "holds no question"]),
         (["--max-length", "10"], ["over --max-length 10 tokens"]),
     ],
 )
