@@ -56,6 +56,19 @@ def tiny_phogpt(tmp_path_factory):
 OTHER_PROGRAM_FILES = {"test_chat_browser.py", "test_notebook.py", "test_colab_notebook.py"}
 
 
+def count_block_forwards(monkeypatch):
+    """A list that grows by one at each block's MLP forward: checkpointing runs them again."""
+    import phogpt_model
+    forward, calls = phogpt_model.MLP.forward, []
+
+    def counted(self, x):
+        calls.append(1)
+        return forward(self, x)
+
+    monkeypatch.setattr(phogpt_model.MLP, "forward", counted)
+    return calls
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         in_llama_cpp = item.path.name == "test_phogpt_export.py" and (

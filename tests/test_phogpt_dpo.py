@@ -381,14 +381,8 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same_adapter(sft, data
                                                                         capsys, monkeypatch):
     # On a T4 it is on: each block runs again in the backward pass, and the adapter is the
     # one training without it gives.
-    import phogpt_model
-    forward, calls = phogpt_model.MLP.forward, []
-
-    def counted(self, x):
-        calls.append(1)
-        return forward(self, x)
-
-    monkeypatch.setattr(phogpt_model.MLP, "forward", counted)
+    from conftest import count_block_forwards
+    calls = count_block_forwards(monkeypatch)
     common = ["--adapter", sft, "--data", data, "--max-steps", 3, "--batch-size", 2,
               "--lr", "1e-3"]
     forwards = {}

@@ -612,14 +612,8 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same_adapter(tiny, faq
                                                                         monkeypatch):
     # On a T4 it is on (auto under CUDA): each block runs again in the backward pass, and the
     # adapter, dropout included, is the one training without it gives.
-    import phogpt_model
-    forward, calls = phogpt_model.MLP.forward, []
-
-    def counted(self, x):
-        calls.append(1)
-        return forward(self, x)
-
-    monkeypatch.setattr(phogpt_model.MLP, "forward", counted)
+    from conftest import count_block_forwards
+    calls = count_block_forwards(monkeypatch)
     common = ["--model", tiny, "--data", faq, "--max-steps", 3, "--batch-size", 3,
               "--lora-r", 8, "--lora-dropout", 0.1, "--recall-limit", -1]
     runs, forwards = {}, {}
