@@ -135,9 +135,7 @@ def load_chat(args, model_name, base, device, load_in):
     sampling["max_new_tokens"] = min(args.max_new_tokens, context // 2)
     if sampling["max_new_tokens"] < args.max_new_tokens:
         print(f"lưu ý: --max-new-tokens hạ xuống {context // 2}, nửa ngữ cảnh", file=sys.stderr)
-    template = args.template
-    if template == "auto":
-        template = "instruct" if "instruct" in model_name.lower() else "chat"
+    template = prompts.pick_template(args.template, model_name)
     # The KV cache (--compile: static, compiled on CUDA)
     state = {"cache": None, "ids": [], "static": context if args.compile else 0}
     return dict(model=model.eval(), tokenizer=tokenizer, name=name, context=context, state=state,

@@ -72,9 +72,7 @@ adapter_base = (plumbing.read_json(config_file) or {}).get("base_model_name_or_p
 if not isinstance(adapter_base, str):
     fail(f"{config_file} is damaged; fix: train it again with phogpt_qlora.py")
 model_name = adapter_base if args.model == "auto" else args.model
-template = args.template
-if template == "auto":
-    template = "instruct" if "instruct" in model_name.lower() else "chat"
+template = prompts.pick_template(args.template, model_name)
 device = plumbing.pick_device(args.device)
 load_in = plumbing.pick_load_in(args.load_in, device)
 checkpointing = {"on": True, "off": False}.get(args.gradient_checkpointing, device == "cuda")

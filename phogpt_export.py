@@ -12,6 +12,7 @@ import shutil
 import signal
 import warnings
 from pathlib import Path
+
 import plumbing
 import prompts
 from plumbing import fail
@@ -53,8 +54,7 @@ context = min(2048, base_config.get("max_seq_len", 2048))
 # Never past the model's; a question and its answer need a few hundred.
 if make_gguf and context < 256:
     fail(f"--model {model_name}: max_seq_len {context} is too short to chat; fix: 256 or more")
-auto = "instruct" if "instruct" in model_name.lower() else "chat"
-template = auto if args.template == "auto" else args.template
+template = prompts.pick_template(args.template, model_name)
 if make_gguf:
     try:
         import gguf
@@ -92,8 +92,8 @@ dtype = getattr(torch, dtype_name)
 # ---- the model, and the adapter merged in (checked on a question) ----
 print(f"loading {model_name} ({dtype_name}) on {device}", flush=True)
 try:
-    where = None if device == "cpu" else device
-    model, tokenizer = load_phogpt(model_name, dtype=dtype, device_map=where)
+    device_map = None if device == "cpu" else device
+    model, tokenizer = load_phogpt(model_name, dtype=dtype, device_map=device_map)
 except (OSError, ValueError) as err:
     fail(err)
 config = model.config

@@ -88,9 +88,7 @@ from phogpt_model import load_phogpt, load_tokenizer, pick_dtype
 # Paths as typed, never normalised: a file is opened by its name on disk.
 model_name, data_name, out_dir = args.model, args.data, Path(args.output)
 eval_name = None if args.eval_data == "none" else args.eval_data
-template = args.template
-if template == "auto":
-    template = "instruct" if "instruct" in model_name.lower() else "chat"
+template = prompts.pick_template(args.template, model_name)
 device = plumbing.pick_device(args.device)
 cuda = device == "cuda"
 load_in = plumbing.pick_load_in(args.load_in, device)

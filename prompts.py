@@ -130,6 +130,12 @@ def generation_prompt(messages, eos_token, template="chat", system=None):
         raise ValueError("the last message must be the user's question")
     return conversation_text(messages, eos_token, template, system)
 
+def pick_template(name, model):
+    """'auto': 'instruct' if the model's name says so (PhoGPT-7B5-Instruct), else 'chat'."""
+    if name != "auto":
+        return name
+    return "instruct" if "instruct" in model.lower() else "chat"
+
 def instruct_prompt(instruction):
     """PhoGPT-7B5-Instruct's one-turn prompt."""
     return INSTRUCT_USER + nfc(instruction).strip() + INSTRUCT_ASSISTANT

@@ -57,7 +57,7 @@ def tiny_checkpoint(path, d_model=64):
     )
 
 
-def run_chat(*flags, stdin=None, timeout=120):
+def run_chat(*flags, stdin=None, timeout=120, cwd=ROOT):
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "phogpt_chat.py"), *flags],
         input=stdin,
@@ -65,7 +65,7 @@ def run_chat(*flags, stdin=None, timeout=120):
         text=True,
         env=ENV,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
     )
 
 
@@ -804,14 +804,7 @@ def test_bad_input_gets_one_line(model_dir, adapter_dir, tmp_path):
 @pytest.mark.parametrize("adapter", ["phogpt-adapter", "lop-12a/my-adapter"])
 def test_chatting_before_training_says_train_first(adapter, tmp_path):
     """The README's chat command, typed before phogpt_qlora.py made the adapter."""
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "phogpt_chat.py"), "--adapter", adapter],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    done = run_chat("--adapter", adapter, cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert "train first" in lines[0]

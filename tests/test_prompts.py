@@ -248,3 +248,12 @@ def test_defuse_keeps_emoji_joined_and_finds_nfd_markers():
     family = "Gia đình 👨\u200d👩\u200d👧"
     assert prompts.defuse(family) == family
     assert prompts.turn_markers(unicodedata.normalize("NFD", "###\u200b Trả lời:"))
+
+
+def test_auto_picks_the_instruct_template_by_the_model_name_only():
+    assert prompts.pick_template("auto", "vinai/PhoGPT-7B5-Instruct") == "instruct"
+    assert prompts.pick_template("auto", "vinai/PhoGPT-4B-Chat") == "chat"
+    assert prompts.pick_template("auto", "tiny-phogpt") == "chat"
+    # A flag the student set wins over the name.
+    assert prompts.pick_template("chat", "vinai/PhoGPT-7B5-Instruct") == "chat"
+    assert prompts.pick_template("instruct", "tiny-phogpt") == "instruct"
